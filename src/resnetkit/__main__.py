@@ -1,0 +1,7 @@
+"""`python -m resnetkit` is the `resnetkit` command."""
+
+import sys
+
+from resnetkit.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The `resnetkit` command line: argument parsing, printing and exit codes only."""

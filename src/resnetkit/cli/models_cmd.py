@@ -1,0 +1,55 @@
+"""`resnetkit models`: every registered model with its parameters, MACs and default input size."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from tqdm import tqdm
+
+from resnetkit.models.summary import ModelSummary, sorted_names, summarize_model
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("models", help="list the models with parameters and MACs")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'resnet*'")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="one JSON list of objects")
+    fmt.add_argument("--markdown", action="store_true", help="a Markdown table (the README's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = sorted_names(args.pattern)
+    if not names:
+        print(f"no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    bar = tqdm(names, desc="counting", unit="model", leave=False, disable=None)
+    rows = [summarize_model(n) for n in bar]
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+    elif args.markdown:
+        print(markdown_table(rows))
+    else:
+        print(plain_table(rows))
+    return 0
+
+
+def _cells(r: ModelSummary) -> list[str]:
+    size = "x".join(str(s) for s in r.input_size[1:])
+    return [r.name, r.family, f"{r.params / 1e6:.2f}", f"{r.macs / 1e9:.3f}", size]
+
+
+_HEADER = ["model", "family", "params (M)", "GMACs", "input"]
+
+
+def markdown_table(rows: list[ModelSummary]) -> str:
+    lines = ["| " + " | ".join(_HEADER) + " |", "|" + "|".join(["---", "---", "---:", "---:", "---"]) + "|"]
+    lines += ["| " + " | ".join(_cells(r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def plain_table(rows: list[ModelSummary]) -> str:
+    table = [_HEADER] + [_cells(r) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_HEADER))]
+    return "\n".join("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in table)

@@ -1,0 +1,16 @@
+"""Exceptions for user mistakes: the CLI turns each into a one-line message and a non-zero exit code."""
+
+
+class ResnetkitError(Exception):
+    """Base class for errors caused by input the user can fix (bad names, files, arguments)."""
+
+
+class UnknownModelError(ResnetkitError, KeyError):
+    """A model name that is not in the registry."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class WeightsError(ResnetkitError):
+    """A weights file or URL that cannot be loaded into the requested model."""

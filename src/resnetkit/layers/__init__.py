@@ -1,0 +1,15 @@
+"""Small building blocks shared by the model families."""
+
+from resnetkit.layers.drop_path import DropPath, drop_path
+from resnetkit.layers.norm import NormLayer, resolve_norm_layer
+from resnetkit.layers.shortcuts import SHORTCUT_OPTIONS, OptionAShortcut, option_a_shortcut
+
+__all__ = [
+    "SHORTCUT_OPTIONS",
+    "DropPath",
+    "NormLayer",
+    "OptionAShortcut",
+    "drop_path",
+    "option_a_shortcut",
+    "resolve_norm_layer",
+]

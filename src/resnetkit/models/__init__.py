@@ -1,0 +1,23 @@
+"""The ResNet model family: one network class, blocks, registry entries, the factory and complexity counts."""
+
+from resnetkit.models import zoo as _zoo  # noqa: F401  (registers every architecture)
+from resnetkit.models.blocks import BasicBlock, BlockOptions, Bottleneck, PreActBasicBlock, PreActBottleneck
+from resnetkit.models.complexity import count_macs, count_parameters
+from resnetkit.models.factory import create_model, list_models
+from resnetkit.models.features import FeatureExtractor, FeatureInfo
+from resnetkit.models.resnet import ResNet
+
+__all__ = [
+    "BasicBlock",
+    "BlockOptions",
+    "Bottleneck",
+    "FeatureExtractor",
+    "FeatureInfo",
+    "PreActBasicBlock",
+    "PreActBottleneck",
+    "ResNet",
+    "count_macs",
+    "count_parameters",
+    "create_model",
+    "list_models",
+]

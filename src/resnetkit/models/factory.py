@@ -1,0 +1,71 @@
+"""create_model / list_models: the one entry point to every architecture, with optional weights."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetkit._registry import get_model_entry, list_model_names
+from resnetkit.weights import download_url, load_into_model, read_state_dict
+
+log = logging.getLogger(__name__)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of all registered models, e.g. `list_models("resnet*")`."""
+    return list_model_names(pattern)
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    weights_sha256: str | None = None,
+    features_only: bool = False,
+    out_indices: Sequence[int] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a registered model, optionally loading weights.
+
+    `weights` is a local .pt/.pth/.safetensors file or an http(s) URL (verified against `weights_sha256`, a
+    `#sha256=` fragment, or torch.hub's hash-in-file-name). Without `num_classes` the model takes the file's
+    number of classes; with another number the head is re-initialised. `features_only=True` returns a
+    `FeatureExtractor` producing the maps named by `out_indices` (0 = stem, 1.. = stages).
+    """
+    entry = get_model_entry(name)
+    state, source = (None, "") if weights is None else _read_weights(weights, weights_sha256)
+    file_classes = _head_classes(state) if state is not None else None
+    classes = num_classes if num_classes is not None else file_classes
+    if classes is not None:
+        kwargs["num_classes"] = classes
+    model = entry.builder(**kwargs)
+    if state is not None:
+        load_into_model(model, state, source, keep_head=file_classes is None or file_classes == model.num_classes)
+    model.model_name = name
+    model.model_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    if features_only:
+        from resnetkit.models.features import FeatureExtractor
+
+        return FeatureExtractor(model, out_indices)
+    return model
+
+
+def _read_weights(weights: str | os.PathLike[str], sha256: str | None) -> tuple[dict[str, torch.Tensor], str]:
+    text = os.fspath(weights)
+    if text.startswith(("http://", "https://")):
+        path = download_url(text, sha256)
+        return read_state_dict(path), text
+    return read_state_dict(text), text
+
+
+def _head_classes(state: dict[str, torch.Tensor]) -> int | None:
+    for key in ("fc.weight", "linear.weight"):
+        if key in state and state[key].ndim == 2:
+            return int(state[key].shape[0])
+    return None
