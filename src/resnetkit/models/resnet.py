@@ -60,7 +60,9 @@ class ResNet(nn.Module):
         self.num_classes = num_classes
         groups_: list[tuple[str, ...]] = [self._build_stem(stem, in_chans, widths[0], norm)]
         stem_reduction = 2 if stem == "imagenet" else 1
-        self.feature_info: list[dict[str, Any]] = [dict(num_chs=widths[0], reduction=stem_reduction, module=groups_[0][-1])]
+        self.feature_info: list[dict[str, Any]] = [
+            dict(num_chs=widths[0], reduction=stem_reduction, module=groups_[0][-1])
+        ]
         groups_ += self._build_stages(block, layers, widths, opts, drop_path_rate, stem_reduction)
         self.num_features = widths[-1] * block.expansion
         if self.preact:

@@ -49,6 +49,8 @@ def summarize_model(name: str) -> ModelSummary:
 
 def sorted_names(pattern: str | None = None) -> list[str]:
     """Registered names grouped by family (ImageNet styles first), naturally ordered within a family."""
+    if pattern and not any(c in pattern for c in "*?["):
+        return [get_model_entry(pattern).name]  # an exact name: unknown ones get the close-match error
     names = list_model_names(pattern)  # already in natural order; sort is stable
 
     def rank(name: str) -> int:

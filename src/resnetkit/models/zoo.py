@@ -40,7 +40,7 @@ def _register_cifar(name: str, block: type[_Block], n: int, description: str, **
 
 
 def _family(style: str, options: dict[str, Any], preact: bool) -> str:
-    """"imagenet", "imagenet-plain", "cifar-preact", ...: the row groups of `resnetkit models`."""
+    """The row group of `resnetkit models`: imagenet, imagenet-plain, cifar-preact, ..."""
     if preact:
         return f"{style}-preact"
     if options.get("shortcut") == "none":
@@ -69,7 +69,9 @@ def _register_all() -> None:
         desc = f"the paper's CIFAR ResNet-{depth} (6n+2, n={n}), option A shortcuts"
         _register_cifar(f"resnet{depth}", BasicBlock, n, desc, shortcut="A")
         if depth != 1202:
-            _register_cifar(f"plain{depth}", BasicBlock, n, f"plain {depth}-layer twin of CIFAR resnet{depth}", shortcut="none")
+            _register_cifar(
+                f"plain{depth}", BasicBlock, n, f"plain {depth}-layer twin of CIFAR resnet{depth}", shortcut="none"
+            )
     _register_cifar("preact_resnet110", PreActBasicBlock, 18, "pre-activation CIFAR ResNet-110 (He et al., 2016)")
     for depth in (164, 1001):
         n = (depth - 2) // 9

@@ -83,10 +83,9 @@ def _fetch(url: str, dest: Path, progress: bool) -> None:
             _copy_with_progress(response, out, total, progress, dest.name.removesuffix(".partial"))
     except (urllib.error.URLError, OSError) as e:
         dest.unlink(missing_ok=True)
+        final = dest.with_name(dest.name.removesuffix(".partial"))
         reason = getattr(e, "reason", e)
-        raise WeightsError(
-            f"cannot download {url} ({reason}); offline, put the file at {dest.with_name(dest.name.removesuffix('.partial'))}"
-        ) from None
+        raise WeightsError(f"cannot download {url} ({reason}); offline, put the file at {final}") from None
 
 
 def _copy_with_progress(src, out, total: int | None, progress: bool, name: str) -> None:  # type: ignore[no-untyped-def]
