@@ -9,12 +9,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetkit"
 
 # Higher numbers may import lower ones (and their own package). See docs/ARCHITECTURE.md.
 LEVELS = {
-    "cli": 7,
-    **dict.fromkeys(["engine", "finetune", "inference", "export", "explain", "serve", "bench"], 6),
+    "cli": 8,
+    **dict.fromkeys(["finetune", "inference", "export", "explain", "serve", "bench"], 7),
+    "engine": 6,
     **dict.fromkeys(["data", "optim", "checkpoint"], 5),
     "models": 4,
     "weights": 3,
-    **dict.fromkeys(["layers", "transforms", "metrics", "distributed"], 2),
+    **dict.fromkeys(["layers", "transforms", "metrics", "distributed", "fetch", "plots"], 2),
     **dict.fromkeys(["config", "_registry"], 1),
     **dict.fromkeys(["constants", "errors"], 0),
 }

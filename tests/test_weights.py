@@ -58,7 +58,7 @@ def test_num_classes_from_file_and_head_reinit(tmp_path: Path, caplog: pytest.Lo
     src = _model(num_classes=5)
     path = resnetkit.save_state_dict(src.state_dict(), tmp_path / "w.safetensors")
     assert resnetkit.create_model("resnet20", weights=path).num_classes == 5  # the file decides by default
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="resnetkit"):
         other = resnetkit.create_model("resnet20", weights=path, num_classes=3)
     assert "re-initialised the classifier head" in caplog.text
     assert other.fc.out_features == 3

@@ -14,3 +14,15 @@ class UnknownModelError(ResnetkitError, KeyError):
 
 class WeightsError(ResnetkitError):
     """A weights file or URL that cannot be loaded into the requested model."""
+
+
+class DataError(ResnetkitError):
+    """A dataset folder or file that is missing, malformed, unsafe to read, or fails its checksum."""
+
+
+class TrainingInterrupted(ResnetkitError):
+    """Ctrl-C: the run stopped at a step boundary and its checkpoint is intact and resumable."""
+
+
+class NonFiniteLoss(ResnetkitError):
+    """The loss became NaN or infinite; the last good checkpoint was kept."""

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
+
+import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -30,3 +34,122 @@ class DataConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain types, for JSON and checkpoints."""
         return asdict(self)
+
+
+# --- Batched preprocessing on uint8 tensors (issue 3): one definition for train, eval and predict ---------------
+
+PRESETS = ("cifar", "imagenet", "none")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are stored, augmented for training and prepared for evaluation, from a model's DataConfig.
+
+    `cifar`: the paper's augmentation (4-pixel zero pad, random crop back to size, horizontal flip).
+    `imagenet`: random-resized crop + flip for training; resize to size / crop_pct and center crop for
+    evaluation. Images are stored once, at `storage_size`, as uint8; everything else runs on whole batches.
+    """
+
+    kind: str
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float = 1.0
+    pad: int = 4
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    cutout: int = 0
+
+    @property
+    def storage_size(self) -> int:
+        return self.size if self.kind != "imagenet" else int(round(self.size / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 255] float (N, C, H, W) -> normalised float32, channels_last (faster convolutions on CPU)."""
+        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=images.device).view(1, -1, 1, 1)
+        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=images.device)
+        x = images.float() * scale - shift.view(1, -1, 1, 1)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def eval_batch(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic view: the center `size` crop of the stored images, normalised."""
+        return self.normalize(center_crop(images, self.size))
+
+    def train_batch(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Random augmentation drawn per image from `gen` (seeded per batch, so runs are reproducible)."""
+        if self.kind == "cifar":
+            x = self.normalize(random_flip(random_crop(images, self.pad, gen), gen))
+        elif self.kind == "imagenet":
+            x = self.normalize(random_resized_crop(images, self.size, self.rrc_scale, gen))
+        else:
+            x = self.eval_batch(images)
+        return cutout(x, self.cutout, gen) if self.cutout else x
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    h, w = images.shape[-2:]
+    if h < size or w < size:
+        raise ValueError(f"images of {h}x{w} are smaller than the crop {size}")
+    top, left = (h - size) // 2, (w - size) // 2
+    return images[..., top : top + size, left : left + size]
+
+
+def random_crop(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero-pad by `pad` and crop back to the original size at an offset drawn per image (one gather)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
+    rows = (dy + torch.arange(h)).view(n, 1, h, 1)
+    cols = (dx + torch.arange(w)).view(n, 1, 1, w)
+    batch = torch.arange(n).view(n, 1, 1, 1)
+    chans = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+    return padded[batch, chans, rows, cols]
+
+
+def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    flip = torch.rand(images.shape[0], generator=gen) < 0.5
+    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+
+
+def random_resized_crop(
+    images: torch.Tensor, size: int, scale: tuple[float, float], gen: torch.Generator
+) -> torch.Tensor:
+    """Inception-style crop (area fraction in `scale`, aspect ratio 3/4..4/3) and flip, as one grid_sample."""
+    n = images.shape[0]
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
+    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
+    ratio = log_ratio.exp()
+    w = (area * ratio).sqrt().clamp(max=1.0)
+    h = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
+    sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
+    grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """Zero (the mean, after normalisation) one size x size square per image (DeVries & Taylor, 2017)."""
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=gen)
+    cx = torch.randint(0, w, (n, 1, 1), generator=gen)
+    ys = torch.arange(h).view(1, h, 1)
+    xs = torch.arange(w).view(1, 1, w)
+    inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)
+    return x.masked_fill(inside.unsqueeze(1), 0.0)
+
+
+def preprocessing_for(cfg: DataConfig, kind: str, size: int | None = None, **options: Any) -> Preprocessing:
+    """The preset `kind` at `size` (default: the model's input size) with the model's mean and std."""
+    if kind not in PRESETS:
+        raise ValueError(f"unknown preprocessing {kind!r}; choose one of {', '.join(PRESETS)}")
+    return Preprocessing(kind, size or cfg.input_size[-1], cfg.mean, cfg.std, cfg.crop_pct, **options)

@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 
 from resnetkit import __version__
-from resnetkit.cli import models_cmd
-from resnetkit.errors import ResnetkitError
+from resnetkit.cli import demo_cmd, eval_cmd, models_cmd, predict_cmd, train_cmd
+from resnetkit.errors import ResnetkitError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
 
-_COMMANDS = {"models": models_cmd}
+_COMMANDS = {"demo": demo_cmd, "train": train_cmd, "eval": eval_cmd, "predict": predict_cmd, "models": models_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,12 +28,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
+    _configure_logging(args.quiet)
     try:
         return int(_COMMANDS[args.command].run(args) or 0)
+    except TrainingInterrupted as e:
+        print(f"resnetkit: {e}", file=sys.stderr)
+        return 130
     except ResnetkitError as e:
         print(f"resnetkit: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
+
+
+def _configure_logging(quiet: bool) -> None:
+    """resnetkit's own log lines on stderr, bare; other libraries keep their warnings-only default."""
+    logger = logging.getLogger("resnetkit")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
-import shutil
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from resnetkit.constants import DEFAULT_HOME, ENV_HOME
 from resnetkit.errors import WeightsError
+from resnetkit.fetch import FetchError, fetch_url, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +24,8 @@ def cache_dir() -> Path:
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """The sha256 hex digest of a file (what `download_url` checks against)."""
+    return file_digest(path, "sha256")
 
 
 def expected_hash(url: str, sha256: str | None) -> str:
@@ -66,35 +60,15 @@ def download_url(url: str, sha256: str | None = None, *, progress: bool = True, 
             return target
         log.warning("cached %s does not match its sha256; downloading it again", target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(target.name + ".partial")
-    _fetch(url.split("#", 1)[0], partial, progress)
-    got = sha256_file(partial)
-    if not got.startswith(want):
-        partial.unlink(missing_ok=True)
-        raise WeightsError(f"sha256 mismatch for {url}: expected {want}, got {got}; the file was discarded")
-    os.replace(partial, target)
-    return target
-
-
-def _fetch(url: str, dest: Path, progress: bool) -> None:
+    # Downloaded under another name and renamed only once verified: a bad file never sits at `target`.
+    unverified = target.with_name(target.name + ".unverified")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, dest.open("wb") as out:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            _copy_with_progress(response, out, total, progress, dest.name.removesuffix(".partial"))
-    except (urllib.error.URLError, OSError) as e:
-        dest.unlink(missing_ok=True)
-        final = dest.with_name(dest.name.removesuffix(".partial"))
-        reason = getattr(e, "reason", e)
-        raise WeightsError(f"cannot download {url} ({reason}); offline, put the file at {final}") from None
-
-
-def _copy_with_progress(src, out, total: int | None, progress: bool, name: str) -> None:  # type: ignore[no-untyped-def]
-    if not progress:
-        shutil.copyfileobj(src, out, 1 << 20)
-        return
-    from tqdm import tqdm
-
-    with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=name, leave=False) as bar:
-        for chunk in iter(lambda: src.read(1 << 20), b""):
-            out.write(chunk)
-            bar.update(len(chunk))
+        fetch_url(url.split("#", 1)[0], unverified, progress=progress)
+    except FetchError as e:
+        raise WeightsError(f"cannot download {url} ({e.reason}); offline, put the file at {target}") from None
+    got = sha256_file(unverified)
+    if not got.startswith(want):
+        unverified.unlink(missing_ok=True)
+        raise WeightsError(f"sha256 mismatch for {url}: expected {want}, got {got}; the file was discarded")
+    os.replace(unverified, target)
+    return target

@@ -1,0 +1,36 @@
+"""`resnetkit eval`: a checkpoint's accuracy, loss, per-class accuracy and confusion matrix on a dataset."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (uses its last.pt)")
+    p.add_argument("--data", default="sample", choices=["sample", "cifar10", "cifar100", "folder"])
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", help="test (CIFAR) / val (image folders) / train")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetkit.inference import evaluate_checkpoint
+
+    res = evaluate_checkpoint(
+        args.checkpoint, args.data, args.data_dir, split=args.split, batch_size=args.batch_size,
+        tta_flip=args.tta_flip, download=args.download, progress=not args.json,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(res))
+        return 0
+    print(f"{res['data']} {res['split']}: top1 {100 * res['top1']:.2f}%  top5 {100 * res['top5']:.2f}%  "
+          f"loss {res['loss']:.4f}  n {res['n']}")  # fmt: skip
+    width = max(len(c) for c in res["classes"])
+    for name, acc in res["per_class_accuracy"].items():
+        print(f"  {name:<{width}}  {'-' if acc is None else f'{100 * acc:.1f}%'}")
+    return 0

@@ -1,0 +1,27 @@
+"""`resnetkit predict`: the top-k classes with probabilities for image files or folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("predict", help="classify image files or folders with a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    p.add_argument("--topk", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="print one JSON list")
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetkit.inference import predict_files
+
+    results = predict_files(args.checkpoint, args.images, topk=args.topk)
+    if args.json:
+        print(json.dumps(results))
+        return 0
+    for r in results:
+        top = "  ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+        print(f"{r['path']}: {top}")
+    return 0

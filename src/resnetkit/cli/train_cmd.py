@@ -1,0 +1,81 @@
+"""`resnetkit train`: a run from a YAML recipe and/or flags; flags override the recipe."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import yaml
+
+from resnetkit.config import ConfigError, TrainConfig, load_yaml
+
+# flag -> config key, for the flags users and benchmarks need most (any key: --set KEY=VALUE)
+FLAGS: dict[str, tuple[str, type]] = {
+    "--model": ("model", str),
+    "--data": ("data", str),
+    "--data-dir": ("data_dir", str),
+    "--epochs": ("epochs", int),
+    "--batch-size": ("batch_size", int),
+    "--lr": ("lr", float),
+    "--max-steps": ("max_steps", int),
+    "--train-subset": ("train_subset", int),
+    "--seed": ("seed", int),
+    "--device": ("device", str),
+    "--out": ("out", str),
+    "--img-size": ("img_size", int),
+    "--val-size": ("val_size", int),
+    "--schedule": ("schedule", str),
+    "--weight-decay": ("weight_decay", float),
+    "--label-smoothing": ("label_smoothing", float),
+    "--threads": ("threads", int),
+    "--checkpoint-every": ("checkpoint_every", int),
+    "--early-stopping": ("early_stopping", int),
+}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("train", help="train a model (YAML recipe and/or flags)")
+    p.add_argument("--config", help="YAML recipe (see configs/); flags given here override it")
+    for flag, (key, kind) in FLAGS.items():
+        p.add_argument(flag, dest=key, type=kind, default=None, metavar=key.upper())
+    p.add_argument("--download", action="store_true", default=None, help="fetch CIFAR if the folder is empty")
+    p.add_argument("--amp", action="store_true", default=None, help="bf16/fp16 autocast")
+    p.add_argument("--strict", action="store_true", default=None, help="unreadable images are errors")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (YAML value)")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or checkpoint file)")
+
+
+def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags the user gave (None means "not given"), then --set pairs parsed as YAML values."""
+    keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress"]
+    values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    for pair in args.set:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")
+        values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+    return values
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetkit.engine.runner import run_training
+
+    overrides = collect_overrides(args)
+    t0 = time.perf_counter()
+    if args.resume:
+        if args.config:
+            raise ConfigError("--resume continues a run with its own recipe; drop --config")
+        result = run_training(TrainConfig(), resume=args.resume, overrides=overrides)
+    else:
+        values = load_yaml(args.config) if args.config else {}
+        cfg = TrainConfig.from_dict({**values, **overrides}, source=args.config or "flags")
+        result = run_training(cfg)
+    minutes = (time.perf_counter() - t0) / 60
+    last = result.history[-1] if result.history else {}
+    scores = ", ".join(f"{k} {100 * v:.2f}%" for k, v in last.items() if k.endswith("_top1"))
+    print(f"run {result.run_dir}: {result.stopped} after {result.steps} steps in {minutes:.1f} min; {scores}")
+    if result.best:
+        print(f"best checkpoint {result.run_dir / 'checkpoints' / 'best.pt'} (epoch {result.best['epoch']})")
+    return 0

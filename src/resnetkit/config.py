@@ -1,0 +1,167 @@
+"""Typed run configuration: the single source. YAML recipes and CLI flags are views of `TrainConfig`."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from resnetkit.errors import ResnetkitError
+
+DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder")
+SCHEDULES = ("paper", "cosine", "onecycle", "constant")
+AUGMENTS = ("auto", "cifar", "imagenet", "none")
+
+
+class ConfigError(ResnetkitError):
+    """A recipe or flag that names an unknown key or an impossible value."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; saved beside the run as config.yaml and inside checkpoints."""
+
+    # model
+    model: str = "resnet20"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # data
+    data: str = "sample"
+    data_dir: str | None = None
+    download: bool = False
+    img_size: int | None = None  # None: the model's default input size
+    val_size: int = 0  # images held out of the training set for validation (5000 = the paper's 45k/5k split)
+    val_fraction: float = 0.1  # image folders without a val/ folder
+    train_subset: int | None = None
+    augment: str = "auto"
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    cutout: int = 0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    label_smoothing: float = 0.0
+    # optimisation
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    no_decay_bn_bias: bool = False
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.5, 0.75)  # "paper": fractions of all steps (32k and 48k of 64k)
+    warmup_steps: int = 0
+    warmup_epochs: float = 0.0
+    warmup_constant_factor: float | None = None  # the paper's ResNet-110 warm-up: 0.1 x lr, then the full lr
+    grad_clip: float | None = None
+    amp: bool = False
+    early_stopping: int = 0  # patience in evaluations without a better validation top-1 (0: off)
+    # run
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    out: str | None = None
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
+    progress: bool = True
+    strict: bool = False  # image folders: unreadable files are errors, not warnings
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        _choice("data", self.data, DATA_CHOICES)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("augment", self.augment, AUGMENTS)
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.data == "folder" and not self.data_dir:
+            raise ConfigError("--data folder needs --data-dir (a folder with train/ and val/, or class folders)")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from plain values; an unknown key is an error that names it and suggests the closest."""
+        known = {f.name: f for f in fields(cls)}
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, list(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"unknown key {key!r} in {source}{hint}")
+        cleaned = {k: _coerce(known[k], v, source) for k, v in values.items()}
+        try:
+            return cls(**cleaned)
+        except TypeError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types (lists for tuples), for YAML, JSON and checkpoints."""
+        out = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
+    """YAML gives lists where the config holds tuples, ints where it holds floats; anything else must match."""
+    kind = str(f.type)
+    if kind.startswith("tuple") and isinstance(value, list):
+        return tuple(value)
+    if kind.startswith("float") and value is not None:
+        try:  # YAML reads 1e-3 (no dot) as a string
+            return float(value) if not isinstance(value, bool) else _bad(f, value, source, "a number")
+        except (TypeError, ValueError):
+            _bad(f, value, source, "a number")
+    if kind.startswith("int") and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+        _bad(f, value, source, "an integer")
+    if kind == "bool" and not isinstance(value, bool):
+        _bad(f, value, source, "true or false")
+    return value
+
+
+def _bad(f: dataclasses.Field[Any], value: Any, source: str, what: str) -> Any:
+    raise ConfigError(f"{f.name} in {source} must be {what}, got {value!r}")
+
+
+RECIPES = Path(__file__).parent / "recipes"
+
+
+def recipe_names() -> list[str]:
+    """The recipes shipped with the package (also reachable as configs/NAME.yaml in the repository)."""
+    return sorted(p.stem for p in RECIPES.glob("*.yaml"))
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A recipe file, or the name of a shipped recipe, as a dict; one-line ConfigErrors for missing or bad YAML."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file() and (RECIPES / f"{path.name}.yaml").is_file() and path.suffix == "":
+        path = RECIPES / f"{path.name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path} (shipped recipes: {', '.join(recipe_names())})")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values")
+    return values
+
+
+def dump_yaml(values: dict[str, Any], path: str | Path) -> None:
+    import yaml
+
+    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))

@@ -1,0 +1,114 @@
+"""From a TrainConfig to datasets: which reader, which split, which preprocessing preset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from resnetkit.config import ConfigError, TrainConfig
+from resnetkit.constants import DEFAULT_HOME, ENV_HOME
+from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.transforms import DataConfig, Preprocessing, preprocessing_for
+
+
+@dataclass
+class TrainingData:
+    """The datasets of a run. `test` is the held-out set reported each epoch (CIFAR test, or an image
+    folder's val/); `val`, when asked for, is carved out of the training set and used for model selection."""
+
+    train: ImageTensorDataset
+    test: ImageTensorDataset
+    classes: list[str]
+    preprocessing: Preprocessing
+    val: ImageTensorDataset | None = None
+
+    @property
+    def selection_split(self) -> str:
+        """Where best.pt and early stopping look: the validation split if there is one, else the test set."""
+        return "val" if self.val is not None else "test"
+
+    def eval_splits(self) -> dict[str, ImageTensorDataset]:
+        return {"val": self.val, "test": self.test} if self.val is not None else {"test": self.test}
+
+    def splits(self) -> dict[str, ImageTensorDataset]:
+        return {"train": self.train, **self.eval_splits()}
+
+
+def default_data_root() -> Path:
+    import os
+
+    return Path(os.environ.get(ENV_HOME) or os.path.expanduser(DEFAULT_HOME)) / "data"
+
+
+def preprocessing_from_config(cfg: TrainConfig, model_cfg: DataConfig) -> Preprocessing:
+    kind = cfg.augment
+    if kind == "auto":
+        kind = "imagenet" if cfg.data == "folder" else "cifar"
+    return preprocessing_for(model_cfg, kind, cfg.img_size, rrc_scale=tuple(cfg.rrc_scale), cutout=cfg.cutout)
+
+
+def load_eval_split(
+    data: str, data_dir: str | None, split: str, preprocessing: Preprocessing, *, download: bool = False,
+    progress: bool = True, strict: bool = False, val_fraction: float = 0.1, seed: int = 0,
+) -> ImageTensorDataset:  # fmt: skip
+    """One split ("train", "test"; image folders: "train", "val") stored at the preprocessing's storage size."""
+    size = preprocessing.storage_size
+    if data == "folder":
+        train, held_out = _load_folder(data_dir, size, val_fraction, seed, strict, progress)
+        return train if split == "train" else held_out
+    from resnetkit.data.cifar import load_cifar, load_sample
+
+    split = "test" if split == "val" else split
+    if data == "sample":
+        ds = load_sample(split)
+    else:
+        root = Path(data_dir) if data_dir else default_data_root()
+        ds = load_cifar(root, data, split, download=download, progress=progress)
+    return _resize(ds, size)
+
+
+def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
+    """Train and held-out sets for `cfg`, with the optional validation split and training subset."""
+    pre = preprocessing_from_config(cfg, model_cfg)
+    opts = dict(download=cfg.download, progress=cfg.progress, strict=cfg.strict, val_fraction=cfg.val_fraction,
+                seed=cfg.seed)  # fmt: skip
+    if cfg.data == "folder":
+        train, test = _load_folder(cfg.data_dir, pre.storage_size, cfg.val_fraction, cfg.seed, cfg.strict, cfg.progress)
+    else:
+        train = load_eval_split(cfg.data, cfg.data_dir, "train", pre, **opts)
+        test = load_eval_split(cfg.data, cfg.data_dir, "test", pre, **opts)
+    val = None
+    if cfg.val_size:
+        from resnetkit.data.cifar import paper_split
+
+        if cfg.val_size >= len(train):
+            raise ConfigError(f"val_size {cfg.val_size} leaves no training images (the set has {len(train)})")
+        train, val = paper_split(train, cfg.val_size, seed=cfg.seed)
+    if cfg.train_subset:
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
+        train = train.subset(order[: cfg.train_subset], train_subset=cfg.train_subset)
+    return TrainingData(train, test, list(train.classes), pre, val)
+
+
+def _resize(ds: ImageTensorDataset, size: int) -> ImageTensorDataset:
+    """Store 32x32 CIFAR images at another size once (e.g. an ImageNet-style model at 64x64)."""
+    if ds.images.shape[-1] == size:
+        return ds
+    resized = torch.nn.functional.interpolate(ds.images.float(), size=(size, size), mode="bilinear", antialias=True)
+    images = resized.round().clamp(0, 255).to(torch.uint8)
+    return ImageTensorDataset(images, ds.labels, ds.classes, {**ds.info, "stored_size": size})
+
+
+def _load_folder(
+    data_dir: str | None, size: int, val_fraction: float, seed: int, strict: bool, progress: bool
+) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    from resnetkit.data.folder import load_image_folder
+
+    if not data_dir:
+        raise ConfigError("--data folder needs --data-dir")
+    cache = default_data_root().parent / "cache"
+    return load_image_folder(
+        data_dir, size=size, val_fraction=val_fraction, seed=seed, strict=strict, cache_dir=cache, progress=progress
+    )

@@ -1,0 +1,402 @@
+"""Image-folder datasets (`root/<class>/<image>`), decoded once into memory as uint8 tensors.
+
+Every image is decoded, oriented, converted to RGB and resized to one square storage size when the folder
+is loaded; augmentation then runs on whole batches of tensors (random crops, flips, random-resized-crops)
+instead of per image through PIL. Decoding is the slow part, so JPEGs are decoded at reduced scale
+(`Image.draft`), a small thread pool decodes in parallel (PIL releases the GIL) and the result can be cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.errors import DataError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+HELD_OUT_DIRS = ("val", "valid", "validation", "test")  # first one present wins
+DECODE_WORKERS = 2
+_CACHE_VERSION = "folder-v1"  # bump when decoding changes, so old caches are not reused
+_WARN_FIRST = 5  # how many file names a warning spells out before "and N more"
+
+# Sample value that maps to 255 for the high-depth modes. Pillow opens 16-bit PNG/TIFF as I;16* and 16-bit
+# PGM as I (values 0..65535), so I is scaled as 16-bit; float images follow the 0..1 convention.
+_FULL_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
+_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+
+
+def is_image_file(path: Path) -> bool:
+    """Whether `path` has one of the image extensions (case-insensitive) and is not a hidden file."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One image
+
+
+def load_image(path: str | Path, size: int) -> torch.Tensor:
+    """Decode one image file to a uint8 (3, size, size) tensor: EXIF-oriented, RGB, short side resized to
+    `size` (bilinear, antialiased) and center-cropped. Raises DataError naming the file if it cannot be read."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size
+            im = ImageOps.exif_transpose(im)
+            rgb = _high_depth_to_rgb(im, size) if im.mode in _FULL_SCALE else _center_square(_to_rgb(im), size)
+    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on corrupt files
+        raise DataError(f"cannot read image {path}: {e}") from e
+    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).clone()
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """8-bit modes to RGB; transparent pixels are composited onto white (dropping alpha would expose
+    whatever colour the encoder left under them, often black)."""
+    if im.mode in _ALPHA_MODES or "transparency" in im.info:
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, RGB
+
+
+def _high_depth_to_rgb(im: Image.Image, size: int) -> Image.Image:
+    """16-bit and 32-bit images: resized in float (no early rounding), then scaled by the mode's range."""
+    scale = 255.0 / _FULL_SCALE[im.mode]
+    grey = _center_square(im.convert("F"), size).point(lambda v: v * scale + 0.5)  # F->L truncates: round
+    return grey.convert("L").convert("RGB")  # F->L clips to 0..255
+
+
+def _center_square(im: Image.Image, size: int) -> Image.Image:
+    """Resize the short side to `size` and center-crop, in one resampling of the central square."""
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    box = (left, top, left + side, top + side)
+    return im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scanning folders
+
+
+@dataclass
+class _Scan:
+    """What a class-folder scan found: classes, (file, label) samples and files that are not images."""
+
+    root: Path
+    classes: list[str]
+    samples: list[tuple[Path, int]]
+    not_images: list[Path] = field(default_factory=list)
+
+
+def _visible_files(folder: Path) -> Iterator[Path]:
+    """Files under `folder` (recursive, sorted), skipping hidden files and folders (.DS_Store, ._x.jpg)."""
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts):
+            yield path
+
+
+def _scan(root: Path) -> _Scan:
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root} has no class sub-folders (expected {root}/<class name>/<image files>)")
+    if len(classes) < 2:
+        raise DataError(f"{root} needs at least 2 classes (one sub-folder per class), found 1: {classes[0]}")
+    scan = _Scan(root, classes, [])
+    for label, name in enumerate(classes):
+        files = list(_visible_files(root / name))
+        images = [f for f in files if is_image_file(f)]
+        if not images:
+            raise DataError(f"class folder {root / name} has no images ({_extension_list()})")
+        scan.samples += [(f, label) for f in images]
+        scan.not_images += [f for f in files if not is_image_file(f)]
+    return scan
+
+
+def _extension_list() -> str:
+    return "extensions " + " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """The sorted class sub-folder names of `root` and its (image file, label) pairs, files sorted.
+
+    Hidden files and files without an image extension are left out. Raises DataError when the folder is
+    missing, has fewer than 2 class sub-folders, or a class folder holds no images."""
+    scan = _scan(Path(root))
+    return scan.classes, scan.samples
+
+
+def list_image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Image files named by `paths`: files as given, folders expanded recursively (sorted), duplicates dropped.
+
+    Used by `resnetkit predict IMAGE_OR_FOLDER...`. A missing path, an explicit file without an image
+    extension, or finding no image at all raises DataError."""
+    found: dict[Path, None] = {}
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise DataError(f"{path} does not exist")
+        if path.is_dir():
+            found.update(dict.fromkeys(f for f in _visible_files(path) if is_image_file(f)))
+        elif path.suffix.lower() in IMAGE_EXTENSIONS:
+            found[path] = None
+        else:
+            raise DataError(f"{path} is not an image file ({_extension_list()})")
+    if not found:
+        raise DataError(f"no image files found in {', '.join(str(p) for p in paths) or 'no paths'}")
+    return list(found)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decoding a folder (with an optional cache)
+
+
+@dataclass
+class _Decoded:
+    """The decoded images of one scanned folder; `files` are relative to the folder, one per image."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    files: list[str]
+    skipped: list[str]  # "relative/path: reason"
+
+    def payload(self) -> dict[str, Any]:
+        return {"images": self.images, "labels": self.labels, "files": self.files, "skipped": self.skipped}
+
+
+def _try_load(path: Path, size: int) -> torch.Tensor | str:
+    try:
+        return load_image(path, size)
+    except DataError as e:
+        return str(e.__cause__ or e)
+
+
+def _decode(scan: _Scan, size: int, *, strict: bool, progress: bool, desc: str) -> _Decoded:
+    """Decode every sample of `scan` on a small thread pool, keeping the file order."""
+    n = len(scan.samples)
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    keep = torch.zeros(n, dtype=torch.bool)
+    skipped = []
+    pool = ThreadPoolExecutor(max_workers=DECODE_WORKERS)
+    try:
+        results = pool.map(_try_load, [f for f, _ in scan.samples], [size] * n)
+        with tqdm(results, total=n, desc=desc, unit="img", disable=None if progress else True) as bar:
+            for i, (result, (path, _)) in enumerate(zip(bar, scan.samples, strict=True)):
+                if isinstance(result, str):
+                    if strict:
+                        raise DataError(f"cannot read image {path}: {result} (strict mode)")
+                    skipped.append(f"{path.relative_to(scan.root).as_posix()}: {result}")
+                else:
+                    images[i], keep[i] = result, True
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    labels = torch.tensor([label for _, label in scan.samples], dtype=torch.int64)
+    files = [f.relative_to(scan.root).as_posix() for (f, _), k in zip(scan.samples, keep.tolist(), strict=True) if k]
+    return _Decoded(images[keep] if skipped else images, labels[keep], files, skipped)
+
+
+def _cache_path(scan: _Scan, size: int, cache_dir: Path) -> Path:
+    """cache_dir/folder-<sha1>.pt, keyed by the folder, the storage size and every file's size and mtime."""
+    entries = []
+    for path, _ in scan.samples:
+        stat = path.stat()
+        entries.append((path.relative_to(scan.root).as_posix(), stat.st_size, stat.st_mtime_ns))
+    key = repr((_CACHE_VERSION, str(scan.root.resolve()), size, sorted(entries)))
+    return Path(cache_dir) / f"folder-{hashlib.sha1(key.encode()).hexdigest()}.pt"
+
+
+def _read_cache(path: Path, scan: _Scan, size: int) -> _Decoded | None:
+    """The cached decode, or None when it is missing or unusable (a corrupt file is rebuilt, not fatal)."""
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, weights_only=True)
+        decoded = _Decoded(data["images"], data["labels"], list(data["files"]), list(data["skipped"]))
+        n = len(decoded.files)
+        if (
+            decoded.images.shape != (n, 3, size, size)
+            or decoded.labels.shape != (n,)
+            or decoded.images.dtype != torch.uint8
+        ):
+            raise ValueError(f"unexpected shapes {tuple(decoded.images.shape)}, {tuple(decoded.labels.shape)}")
+        if n and int(decoded.labels.max()) >= len(scan.classes):
+            raise ValueError("label out of range")
+    except Exception as e:  # torch.load raises many types on a damaged file; any of them means "rebuild"
+        logger.warning("ignoring unreadable cache %s (%s); rebuilding it", path, e)
+        return None
+    return decoded
+
+
+def _write_cache(path: Path, decoded: _Decoded) -> None:
+    """Write atomically (temporary file, then rename) so an interrupted run never leaves a half cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(decoded.payload(), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _decode_cached(scan: _Scan, size: int, *, strict: bool, progress: bool, cache_dir: Path | None) -> _Decoded:
+    cache = _cache_path(scan, size, cache_dir) if cache_dir is not None else None
+    decoded = _read_cache(cache, scan, size) if cache is not None else None
+    if decoded is not None:
+        logger.info("loaded %d decoded images of %s from cache %s", len(decoded.files), scan.root, cache)
+        if strict and decoded.skipped:
+            raise DataError(f"cannot read image {scan.root / decoded.skipped[0]} (strict mode)")
+        return decoded
+    decoded = _decode(scan, size, strict=strict, progress=progress, desc=f"decoding {scan.root.name}")
+    if cache is not None:
+        _write_cache(cache, decoded)
+    return decoded
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Public loader
+
+
+def load_image_folder(
+    data_dir: str | Path,
+    *,
+    size: int,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    strict: bool = False,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """Decode an image folder into (train, val) in-memory datasets stored at `size` x `size`.
+
+    Layouts: `data_dir/train/<class>/...` with `val/` (or `valid/`, `validation/`, `test/`) as the held-out
+    part; or `data_dir/<class>/...` (or `data_dir/train/` alone), from which a stratified, seeded
+    `val_fraction` is held out per class (at least one image on each side) and recorded in `info`.
+    Unreadable files are skipped with one warning, or raise DataError with `strict=True`. With `cache_dir`,
+    the decoded tensors are saved there and reused while no file changes."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"image folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    if size < 1:
+        raise DataError(f"image size must be positive, got {size}")
+    train_dir, val_dir = _split_dirs(root)
+    scans = [_scan(train_dir)] + ([_scan(val_dir)] if val_dir is not None else [])
+    if len(scans) == 2:
+        _check_same_classes(scans[0], scans[1])
+    elif not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    decoded = [_decode_cached(s, size, strict=strict, progress=progress, cache_dir=cache_dir) for s in scans]
+    _warn_skipped(root, scans, decoded)
+    if len(scans) == 2:
+        return _to_dataset(root, scans[0], decoded[0], size, "train"), _to_dataset(
+            root, scans[1], decoded[1], size, "val"
+        )
+    full = _to_dataset(root, scans[0], decoded[0], size, "all")
+    return _split_held_out(full, val_fraction=val_fraction, seed=seed)
+
+
+def _split_dirs(root: Path) -> tuple[Path, Path | None]:
+    """(train folder, held-out folder or None) for the layout found in `root`."""
+    train = root / "train"
+    if not train.is_dir():
+        return root, None
+    held_out = next((root / name for name in HELD_OUT_DIRS if (root / name).is_dir()), None)
+    return train, held_out
+
+
+def _check_same_classes(train: _Scan, val: _Scan) -> None:
+    if train.classes != val.classes:
+        only_train = sorted(set(train.classes) - set(val.classes))
+        only_val = sorted(set(val.classes) - set(train.classes))
+        raise DataError(
+            f"classes differ between {train.root} and {val.root}: only in {train.root.name}: {only_train or '-'}; "
+            f"only in {val.root.name}: {only_val or '-'}"
+        )
+
+
+def _warn_skipped(root: Path, scans: list[_Scan], decoded: list[_Decoded]) -> None:
+    """One warning line for the whole load: unreadable files and non-image files, first few of each."""
+    skipped = [f"{_prefix(root, s)}{entry}" for s, d in zip(scans, decoded, strict=True) for entry in d.skipped]
+    not_images = [f.relative_to(root).as_posix() for s in scans for f in s.not_images]
+    parts = []
+    if skipped:
+        parts.append(f"skipped {len(skipped)} unreadable file(s): {_first_few(skipped)}")
+    if not_images:
+        parts.append(f"ignored {len(not_images)} file(s) that are not images: {_first_few(not_images)}")
+    if parts:
+        logger.warning("%s: %s", root, "; ".join(parts))
+
+
+def _prefix(root: Path, scan: _Scan) -> str:
+    rel = scan.root.relative_to(root).as_posix()
+    return "" if rel == "." else f"{rel}/"
+
+
+def _first_few(items: list[str]) -> str:
+    shown = ", ".join(items[:_WARN_FIRST])
+    return shown if len(items) <= _WARN_FIRST else f"{shown} and {len(items) - _WARN_FIRST} more"
+
+
+def _to_dataset(root: Path, scan: _Scan, decoded: _Decoded, size: int, split: str) -> ImageTensorDataset:
+    """The decoded folder as a dataset; files in `info` are relative to `root` (the data_dir)."""
+    prefix = _prefix(root, scan)
+    for label, name in enumerate(scan.classes):
+        if not bool((decoded.labels == label).any()):
+            raise DataError(f"class folder {scan.root / name} has no readable images")
+    info = {
+        "source": str(root.resolve()),
+        "split": split,
+        "folder": prefix.rstrip("/") or ".",
+        "storage_size": size,
+        "files": [prefix + f for f in decoded.files],
+        "skipped": [prefix + s for s in decoded.skipped],
+        "not_images": [f.relative_to(root).as_posix() for f in scan.not_images],
+    }
+    return _with_counts(ImageTensorDataset(decoded.images, decoded.labels, list(scan.classes), info))
+
+
+def _split_held_out(
+    full: ImageTensorDataset, *, val_fraction: float, seed: int
+) -> tuple[ImageTensorDataset, ImageTensorDataset]:
+    """Hold out `val_fraction` of every class (at least 1 image each side), chosen by a seeded permutation."""
+    generator = torch.Generator().manual_seed(seed)
+    val_parts = []
+    for label, name in enumerate(full.classes):
+        members = torch.nonzero(full.labels == label).flatten()
+        if len(members) < 2:
+            raise DataError(f"class {name!r} has {len(members)} image(s); a validation split needs at least 2")
+        n_val = min(max(round(len(members) * val_fraction), 1), len(members) - 1)
+        val_parts.append(members[torch.randperm(len(members), generator=generator)[:n_val]])
+    val_idx = torch.cat(val_parts).sort().values
+    is_val = torch.zeros(len(full), dtype=torch.bool)
+    is_val[val_idx] = True
+    train_idx = torch.nonzero(~is_val).flatten()
+    held_out = _pick(full.info["files"], val_idx)
+    record = {"val_seed": seed, "val_fraction": val_fraction, "held_out": held_out}
+    train = full.subset(train_idx, split="train", files=_pick(full.info["files"], train_idx), **record)
+    val = full.subset(val_idx, split="val", files=held_out, **record)
+    return _with_counts(train), _with_counts(val)
+
+
+def _pick(items: list[str], indices: torch.Tensor) -> list[str]:
+    return [items[i] for i in indices.tolist()]
+
+
+def _with_counts(dataset: ImageTensorDataset) -> ImageTensorDataset:
+    """Record the number of images, overall and per class, in `dataset.info`."""
+    per_class = torch.bincount(dataset.labels, minlength=dataset.num_classes).tolist()
+    dataset.info.update(count=len(dataset), class_counts=dict(zip(dataset.classes, per_class, strict=True)))
+    return dataset

@@ -1,0 +1,125 @@
+"""The training step, one epoch, and evaluation. No architecture names, no printing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from resnetkit.metrics import confusion_matrix, per_class_accuracy, topk_correct
+
+
+@dataclass
+class Mixing:
+    """Mixup (Zhang et al., 2018) / CutMix (Yun et al., 2019) strengths; 0 disables each."""
+
+    mixup: float = 0.0
+    cutmix: float = 0.0
+
+    def apply(
+        self, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Mixed inputs, both label sets and the weight of the first; a no-op when both strengths are 0."""
+        if not (self.mixup or self.cutmix):
+            return x, y, y, 1.0
+        perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
+        use_cutmix = self.cutmix > 0 and (self.mixup == 0 or torch.rand(1, generator=gen).item() < 0.5)
+        alpha = self.cutmix if use_cutmix else self.mixup
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        if not use_cutmix:
+            return lam * x + (1 - lam) * x[perm], y, y[perm], lam
+        h, w = x.shape[-2:]
+        ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+        cy, cx = int(torch.randint(h, (1,), generator=gen)), int(torch.randint(w, (1,), generator=gen))
+        y0, y1, x0, x1 = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[..., y0:y1, x0:x1] = x[perm][..., y0:y1, x0:x1]
+        return x, y, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
+
+
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    label_smoothing: float = 0.0,
+    mixing: Mixing | None = None,
+    gen: torch.Generator | None = None,
+    grad_clip: float | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step. Returns (loss, number correct) as tensors: no host synchronisation here."""
+    ya, yb, lam = y, y, 1.0
+    if mixing is not None and gen is not None:
+        x, ya, yb, lam = mixing.apply(x, y, gen)
+    with torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        logits = model(x)
+        loss = F.cross_entropy(logits, ya, label_smoothing=label_smoothing)
+        if lam < 1.0:
+            loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    loss.backward()
+    if grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+
+@dataclass
+class EvalResult:
+    """Aggregate metrics of one pass over a dataset."""
+
+    loss: float
+    top1: float
+    top5: float
+    n: int
+    confusion: torch.Tensor
+
+    def to_dict(self, classes: list[str] | None = None) -> dict:
+        names = classes or [str(i) for i in range(self.confusion.shape[0])]
+        per_class = per_class_accuracy(self.confusion).tolist()
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "loss": self.loss,
+            "n": self.n,
+            "per_class_accuracy": {c: (None if a != a else a) for c, a in zip(names, per_class, strict=True)},
+            "classes": names,
+            "confusion_matrix": self.confusion.tolist(),
+        }
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    num_classes: int,
+    *,
+    tta_flip: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> EvalResult:
+    """Loss, top-1/top-5 accuracy and the confusion matrix (optionally averaging logits with the mirror image)."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64)
+    correct = torch.zeros(2, dtype=torch.int64)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    n = 0
+    for x, y in batches:
+        logits = model(x).float()
+        if tta_flip:
+            logits = (logits + model(x.flip(-1)).float()) / 2
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double().cpu()
+        correct += topk_correct(logits, y, (1, 5)).cpu()
+        confusion += confusion_matrix(logits.argmax(1), y, num_classes).cpu()
+        n += y.shape[0]
+        if on_batch:
+            on_batch(y.shape[0])
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation saw no images")
+    return EvalResult(float(loss_sum) / n, float(correct[0]) / n, float(correct[1]) / n, n, confusion)

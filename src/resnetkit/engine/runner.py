@@ -1,0 +1,354 @@
+"""A training run from a TrainConfig: data, model, optimiser, the loop, the run folder, resume and interrupts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from resnetkit.checkpoint import load_checkpoint, save_checkpoint
+from resnetkit.config import ConfigError, TrainConfig, dump_yaml
+from resnetkit.data.factory import TrainingData, load_training_data
+from resnetkit.data.loader import BatchLoader, _mix
+from resnetkit.engine.loop import EvalResult, Mixing, evaluate, train_step
+from resnetkit.errors import NonFiniteLoss, TrainingInterrupted
+from resnetkit.models import create_model
+from resnetkit.optim import build_schedule, build_sgd, lr_factor
+from resnetkit.plots import plot_training_curves
+
+log = logging.getLogger(__name__)
+
+# Flags a resumed run may change; everything else must stay as the checkpoint recorded it.
+RESUME_OVERRIDABLE = {"epochs", "max_steps", "progress", "device", "threads", "checkpoint_every", "early_stopping"}
+INTERRUPT_ENV = "RESNETKIT_INTERRUPT_AT_STEP"  # fault injection for tests: behave as if Ctrl-C after step N
+LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs the host once)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    history: list[dict[str, Any]]
+    stopped: str
+    best: dict[str, Any] | None = None
+    steps: int = 0
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    batch: int = 0  # next batch of `epoch`
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+    stale: int = 0  # evaluations without improvement (early stopping)
+    partial: dict[str, float] = field(default_factory=dict)  # the current epoch's training sums so far
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda asked for, but no CUDA device is available")
+    return device
+
+
+def run_training(
+    cfg: TrainConfig, resume: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> RunResult:
+    """Train as `cfg` says (or continue the run at `resume`), writing everything into the run folder."""
+    ckpt = None
+    if resume is not None:
+        ckpt = load_checkpoint(resume)
+        cfg = _resumed_config(ckpt, overrides or {})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    run_dir = _run_dir(cfg, ckpt)
+    torch.manual_seed(cfg.seed)
+    data = load_training_data(cfg, _model_data_config(cfg))
+    model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_kwargs)
+    model = model.to(device, memory_format=torch.channels_last)
+    trainer = _Trainer(cfg, data, model, device, run_dir)
+    if ckpt is not None:
+        trainer.restore(ckpt)
+    else:
+        _write_run_files(run_dir, cfg, data, trainer)
+    return trainer.fit()
+
+
+def _resumed_config(ckpt: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:
+    saved = dict(ckpt["config"])
+    changed = {k for k, v in overrides.items() if v is not None and saved.get(k) != v}
+    refused = sorted(changed - RESUME_OVERRIDABLE)
+    if refused:
+        raise ConfigError(
+            f"cannot change {', '.join(refused)} when resuming (only {', '.join(sorted(RESUME_OVERRIDABLE))})"
+        )
+    saved.update({k: overrides[k] for k in changed})
+    saved["out"] = str(Path(ckpt["path"]).parent.parent)
+    return TrainConfig.from_dict(saved, source=ckpt["path"])
+
+
+def _model_data_config(cfg: TrainConfig) -> Any:
+    with torch.device("meta"):
+        return create_model(cfg.model, **cfg.model_kwargs).default_cfg
+
+
+def _run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> Path:
+    if cfg.out:
+        run_dir = Path(cfg.out)
+    else:
+        run_dir = Path("runs") / f"{cfg.model}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if ckpt is None and (run_dir / "checkpoints" / "last.pt").exists():
+        raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _write_run_files(run_dir: Path, cfg: TrainConfig, data: TrainingData, trainer: _Trainer) -> None:
+    dump_yaml(cfg.to_dict(), run_dir / "config.yaml")
+    info = {
+        "classes": data.classes,
+        "preprocessing": data.preprocessing.to_dict(),
+        "datasets": {k: _provenance(v.info) | {"n": len(v)} for k, v in data.splits().items()},
+        "steps_per_epoch": trainer.steps_per_epoch,
+        "total_steps": trainer.total_steps,
+        "device": str(trainer.device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    (run_dir / "run.json").write_text(json.dumps(info, indent=2, default=str))
+    (run_dir / "metrics.jsonl").write_text("")
+
+
+def _provenance(info: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's record for run.json, without the full per-file listing (the held-out list stays)."""
+    return {k: v for k, v in info.items() if k != "files"}
+
+
+class _Trainer:
+    """Holds the pieces of one run; `fit` is the epoch loop, the step itself lives in engine.loop."""
+
+    def __init__(self, cfg: TrainConfig, data: TrainingData, model: nn.Module, device: torch.device, run_dir: Path):
+        self.cfg, self.data, self.model, self.device, self.run_dir = cfg, data, model, device, run_dir
+        self.train_loader = BatchLoader(
+            data.train, data.preprocessing, batch_size=cfg.batch_size, train=True, seed=cfg.seed, device=device
+        )
+        self.eval_loaders = {
+            name: BatchLoader(ds, data.preprocessing, batch_size=max(cfg.batch_size, 256), train=False, device=device)
+            for name, ds in data.eval_splits().items()
+        }
+        self.steps_per_epoch = len(self.train_loader)
+        planned = cfg.epochs * self.steps_per_epoch
+        self.total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        warmup = cfg.warmup_steps or round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.optimizer = build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_bn_bias)
+        factor = lr_factor(cfg.schedule, self.total_steps, warmup, cfg.milestones, cfg.warmup_constant_factor)
+        self.scheduler = build_schedule(self.optimizer, factor)
+        self.mixing = Mixing(cfg.mixup, cfg.cutmix) if (cfg.mixup or cfg.cutmix) else None
+        self.amp_dtype = _amp_dtype(cfg.amp, device)
+        self.state = _State()
+        self.interrupt_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
+
+    # --- checkpoints -----------------------------------------------------------------------------------------
+    def _save(self, name: str) -> Path:
+        s = self.state
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            raise NonFiniteLoss(
+                f"weights became non-finite by step {s.step}; {self._kept()}; try a lower --lr or --grad-clip"
+            )
+        return save_checkpoint(
+            self.run_dir / "checkpoints" / name,
+            self.model,
+            classes=self.data.classes,
+            preprocessing=self.data.preprocessing.to_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            epoch=s.epoch,
+            batch=s.batch,
+            step=s.step,
+            history=s.history,
+            best=s.best,
+            stale=s.stale,
+            partial=s.partial,
+            config=self.cfg.to_dict(),
+            rng=torch.get_rng_state(),
+        )
+
+    def _kept(self) -> str:
+        last = self.run_dir / "checkpoints" / "last.pt"
+        return f"kept the last good checkpoint {last}" if last.exists() else "no checkpoint was written"
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        torch.set_rng_state(ckpt["rng"])
+        self.state = _State(
+            ckpt["epoch"],
+            ckpt["batch"],
+            ckpt["step"],
+            list(ckpt["history"]),
+            ckpt["best"],
+            ckpt["stale"],
+            ckpt["partial"],
+        )
+        log.info("resuming %s at epoch %d, step %d", self.run_dir, self.state.epoch + 1, self.state.step)
+
+    # --- the loop --------------------------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        stopped = "completed"
+        with _graceful_interrupt() as interrupted:
+            while self.state.epoch < self.epochs and stopped == "completed":
+                stopped = self._train_epoch(interrupted)
+                if stopped in ("completed", "max_steps"):
+                    stopped = self._end_epoch() if stopped == "completed" else stopped
+        if stopped == "max_steps" and self.state.batch:
+            self._end_epoch()  # the ragged last epoch still gets its evaluation and checkpoint
+        if stopped == "interrupted":
+            path = self._save("last.pt")
+            raise TrainingInterrupted(
+                f"interrupted at epoch {self.state.epoch + 1}, step {self.state.step}; checkpoint {path} is intact: "
+                f"continue with `resnetkit train --resume {self.run_dir}`"
+            )
+        return RunResult(self.run_dir, self.state.history, stopped, self.state.best, self.state.step)
+
+    def _train_epoch(self, interrupted: dict[str, bool]) -> str:
+        s, cfg = self.state, self.cfg
+        self.model.train()
+        part = s.partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
+        loss_sum = torch.tensor(part["loss_sum"], device=self.device)
+        correct = torch.tensor(int(part["correct"]), dtype=torch.int64, device=self.device)
+        seen, t0 = int(part["seen"]), time.perf_counter() - part["time"]
+        bar = self._bar(s.batch)
+        for x, y in self.train_loader.epoch(s.epoch, s.batch):
+            gen = torch.Generator().manual_seed(_mix(cfg.seed, s.epoch, s.batch, 7)) if self.mixing else None
+            loss, hits = train_step(
+                self.model, x, y, self.optimizer, label_smoothing=cfg.label_smoothing, mixing=self.mixing,
+                gen=gen, grad_clip=cfg.grad_clip, amp_dtype=self.amp_dtype,
+            )  # fmt: skip
+            self.scheduler.step()
+            loss_sum += loss * y.shape[0]
+            correct += hits
+            seen += y.shape[0]
+            s.batch, s.step = s.batch + 1, s.step + 1
+            bar.update(y.shape[0])
+            if s.step % LOG_EVERY == 0 or s.batch == self.steps_per_epoch:
+                self._check_and_show(bar, loss_sum, correct, seen)
+            if cfg.checkpoint_every and s.step % cfg.checkpoint_every == 0:
+                self._save("last.pt")
+            if interrupted["flag"] or s.step == self.interrupt_at:
+                bar.close()
+                s.partial = {"loss_sum": float(loss_sum), "correct": int(correct), "seen": seen}
+                s.partial["time"] = time.perf_counter() - t0
+                return "interrupted"
+            if s.step >= self.total_steps:
+                break
+        bar.close()
+        self._epoch_train = {"train_loss": float(loss_sum) / max(seen, 1), "train_top1": float(correct) / max(seen, 1)}
+        self._epoch_train["train_time_s"] = time.perf_counter() - t0
+        self._epoch_train["train_images_per_s"] = seen / max(time.perf_counter() - t0, 1e-9)
+        s.partial = {}
+        return "max_steps" if s.step >= self.total_steps and s.batch < self.steps_per_epoch else "completed"
+
+    def _bar(self, start_batch: int) -> tqdm:
+        total = (self.steps_per_epoch - start_batch) * self.train_loader.batch_size
+        desc = f"epoch {self.state.epoch + 1}/{self.epochs}"
+        return tqdm(
+            total=total,
+            desc=desc,
+            unit="img",
+            unit_scale=True,
+            leave=False,
+            disable=None if self.cfg.progress else True,
+        )
+
+    def _check_and_show(self, bar: tqdm, loss_sum: torch.Tensor, correct: torch.Tensor, seen: int) -> None:
+        loss = float(loss_sum) / seen  # the one host sync per LOG_EVERY steps
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"loss became non-finite at step {self.state.step} (epoch {self.state.epoch + 1}); {self._kept()}; "
+                "try a lower --lr or --grad-clip"
+            )
+        bar.set_postfix(
+            loss=f"{loss:.3f}", acc=f"{float(correct) / seen:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.4f}"
+        )
+
+    def _end_epoch(self) -> str:
+        s = self.state
+        row: dict[str, Any] = {"epoch": s.epoch + 1, "step": s.step, "lr": self.scheduler.get_last_lr()[0]}
+        row.update(self._epoch_train)
+        for name, loader in self.eval_loaders.items():
+            result: EvalResult = evaluate(self.model, loader, len(self.data.classes))
+            row.update({f"{name}_loss": result.loss, f"{name}_top1": result.top1, f"{name}_top5": result.top5})
+        s.history.append(row)
+        s.epoch, s.batch = s.epoch + 1, 0
+        improved = self._track_best(row)
+        with (self.run_dir / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        self._save("last.pt")
+        if improved:
+            self._save("best.pt")
+        plot_training_curves(s.history, self.run_dir / "curves.png", title=f"{self.cfg.model} on {self.cfg.data}")
+        log.info("epoch %d: %s", row["epoch"], ", ".join(f"{k}={v:.4f}" for k, v in row.items() if "top1" in k))
+        if self.cfg.early_stopping and s.stale >= self.cfg.early_stopping:
+            log.info("early stopping: no better %s for %d epochs", self.data.selection_split, s.stale)
+            return "early_stopping"
+        return "completed"
+
+    def _track_best(self, row: dict[str, Any]) -> bool:
+        key = f"{self.data.selection_split}_top1"
+        if key not in row:
+            return False
+        if self.state.best is None or row[key] > self.state.best[key]:
+            self.state.best, self.state.stale = dict(row), 0
+            return True
+        self.state.stale += 1
+        return False
+
+
+def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast where the device supports it (CUDA with bf16, or CPU when asked for explicitly)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+@contextmanager
+def _graceful_interrupt() -> Iterator[dict[str, bool]]:
+    """First Ctrl-C: finish the current step, checkpoint and stop. Second Ctrl-C: stop at once."""
+    flag = {"flag": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag["flag"]:
+            raise KeyboardInterrupt
+        flag["flag"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)

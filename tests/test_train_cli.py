@@ -1,0 +1,158 @@
+"""End to end through the real CLI on real data: files written, metric keys, eval JSON, predict, resume exactness."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from resnetkit.cli.main import main
+
+from conftest import REPO, shared_data
+
+QUIET = ["-q"]
+TINY = ["--no-progress", "--batch-size", "32", "--train-subset", "128", "--threads", "2"]
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main([*QUIET, *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+
+
+def test_train_eval_predict_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = shared_data("cifar-10-batches-bin")
+    run = tmp_path / "run"
+    code, out, err = cli(
+        capsys, "train", "--data", "cifar10", "--data-dir", str(data), "--epochs", "1", "--out", str(run), *TINY
+    )
+    assert code == 0, err
+    assert "completed after 4 steps" in out
+    for name in (
+        "config.yaml",
+        "run.json",
+        "metrics.jsonl",
+        "curves.png",
+        "checkpoints/last.pt",
+        "checkpoints/best.pt",
+    ):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and {"epoch", "step", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
+                               "train_images_per_s"} <= set(rows[0])  # fmt: skip
+    info = json.loads((run / "run.json").read_text())
+    assert info["datasets"]["train"]["n"] == 128 and info["datasets"]["test"]["n"] == 10_000
+    code, out, err = cli(
+        capsys, "eval", "--checkpoint", str(run), "--data", "cifar10", "--data-dir", str(data), "--json"
+    )
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n"] == 10_000 and 0.0 <= res["top1"] <= res["top5"] <= 1.0 and res["loss"] > 0
+    assert res["top1"] == pytest.approx(rows[0]["test_top1"])  # eval and the training loop agree
+    assert len(res["per_class_accuracy"]) == 10 and sum(map(sum, res["confusion_matrix"])) == 10_000
+
+
+def test_train_eval_predict_on_an_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = shared_data("cats_vs_dogs")
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, "train", "--config", "cats_vs_dogs", "--data-dir", str(data), "--img-size", "32",
+                         "--max-steps", "3", "--out", str(run), *TINY)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((run / "run.json").read_text())["classes"] == ["cat", "dog"]
+    code, out, err = cli(capsys, "eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data", "folder",
+                         "--data-dir", str(data), "--split", "val", "--json")  # fmt: skip
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n"] == 1000 and res["classes"] == ["cat", "dog"] and len(res["confusion_matrix"]) == 2
+    images = sorted((data / "val" / "dog").glob("*.jpg"))[:3]
+    code, out, err = cli(capsys, "predict", "--checkpoint", str(run), *map(str, images), "--topk", "2", "--json")
+    assert code == 0, err
+    preds = json.loads(out)
+    assert [p["path"] for p in preds] == [str(i) for i in images]
+    assert all(len(p["top"]) == 2 and abs(sum(t["prob"] for t in p["top"]) - 1) < 1e-5 for p in preds)
+
+
+@pytest.mark.parametrize("stop_at", [4, 6])  # the end of epoch 1, and the middle of epoch 2
+def test_resume_gives_identical_weights(tmp_path: Path, capsys, monkeypatch, stop_at: int) -> None:
+    # mixup draws from per-batch generators, stochastic depth from the global RNG: both must resume exactly
+    args = [
+        "train",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--set",
+        "mixup=0.2",
+        "--set",
+        "model_kwargs={drop_path_rate: 0.1}",
+    ]
+    args += TINY
+    assert cli(capsys, *args, "--out", str(tmp_path / "straight"))[0] == 0
+    monkeypatch.setenv("RESNETKIT_INTERRUPT_AT_STEP", str(stop_at))
+    code, _, err = cli(capsys, *args, "--out", str(tmp_path / "split"))
+    assert code == 130 and "interrupted at epoch" in err and "--resume" in err
+    assert torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)["step"] == stop_at
+    monkeypatch.delenv("RESNETKIT_INTERRUPT_AT_STEP")
+    code, _, err = cli(capsys, "train", "--resume", str(tmp_path / "split"), "--no-progress")
+    assert code == 0, err
+    straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
+    assert all(torch.equal(straight[k], split[k]) for k in straight)
+    lines = [(tmp_path / d / "metrics.jsonl").read_text().splitlines() for d in ("straight", "split")]
+    drop = ("train_time_s", "train_images_per_s")
+    rows = [[{k: v for k, v in json.loads(r).items() if k not in drop} for r in ls] for ls in lines]
+    assert rows[0] == rows[1]
+
+
+def test_interrupt_exit_code_in_a_real_process(tmp_path: Path) -> None:
+    env = {**os.environ, "RESNETKIT_INTERRUPT_AT_STEP": "2"}
+    proc = subprocess.run([sys.executable, "-m", "resnetkit", "train", "--out", str(tmp_path / "r"), *TINY],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # fmt: skip
+    assert proc.returncode == 130
+    assert proc.stderr.strip().splitlines()[-1].startswith("resnetkit: interrupted at epoch 1, step 2; checkpoint")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "epoch=3"], "unknown key 'epoch' in flags; did you mean 'epochs'?"),
+        (["train", "--data", "folder", "--data-dir", "/nonexistent/imgs"], "/nonexistent/imgs"),
+        (["train", "--data", "cifar10", "--data-dir", "/nonexistent/c10"], "/nonexistent/c10"),
+        (["train", "--config", "no_such_recipe"], "config file not found: no_such_recipe"),
+        (["train", "--model", "resnet5"], "unknown model 'resnet5'; did you mean"),
+        (["eval", "--checkpoint", "/nonexistent/run"], "checkpoint not found"),
+        (["predict", "--checkpoint", "/nonexistent/run", "x.png"], "checkpoint not found"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(capsys, args: list[str], message: str) -> None:
+    code, _, err = cli(capsys, *args)
+    assert code == 2
+    assert message in err and err.strip().count("\n") == 0 and err.startswith("resnetkit: error: ")
+
+
+def test_resume_refuses_recipe_changes_and_existing_runs_are_kept(tmp_path: Path, capsys) -> None:
+    run = str(tmp_path / "r")
+    assert cli(capsys, "train", "--max-steps", "1", "--out", run, *TINY)[0] == 0
+    code, _, err = cli(capsys, "train", "--max-steps", "1", "--out", run, *TINY)
+    assert code == 2 and "already holds a run; continue it with --resume" in err
+    code, _, err = cli(capsys, "train", "--resume", run, "--model", "resnet32")
+    assert code == 2 and "cannot change model when resuming" in err
+
+
+def test_non_finite_loss_stops_without_saving_bad_weights(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "nan"
+    code, _, err = cli(capsys, "train", "--out", str(run), "--set", "lr=1e30", "--checkpoint-every", "1", *TINY)
+    assert code == 2 and "non-finite" in err and "try a lower --lr" in err
+    saved = run / "checkpoints" / "last.pt"
+    if saved.exists():  # whatever was written before the divergence is finite
+        state = torch.load(saved, weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
