@@ -156,3 +156,31 @@ def test_non_finite_loss_stops_without_saving_bad_weights(tmp_path: Path, capsys
     if saved.exists():  # whatever was written before the divergence is finite
         state = torch.load(saved, weights_only=True)["model"]
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_demo_trains_evaluates_and_predicts_offline(tmp_path: Path, capsys) -> None:
+    code, out, err = cli(capsys, "demo", "--out", str(tmp_path / "demo"), "--epochs", "1")
+    assert code == 0, err
+    assert "1/3 train" in out and "2/3 eval" in out and "3/3 predict" in out
+    assert "n 500" in out  # the held-out sample images
+    assert len(list((tmp_path / "demo" / "examples").glob("*.png"))) == 10
+    assert out.count("(true: ") == 10
+
+
+def test_validation_split_early_stopping_and_regularisers(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "r"
+    extras = ["--set", "cutmix=1.0", "--set", "cutout=8", "--set", "grad_clip=1.0", "--set", "amp=true"]
+    code, out, err = cli(capsys, "train", "--val-size", "200", "--early-stopping", "1", "--epochs", "4",
+                         "--out", str(run), *extras, *TINY)  # fmt: skip
+    assert code == 0, err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all({"val_top1", "test_top1"} <= set(r) for r in rows)
+    best = rows[0]["val_top1"]
+    for i, r in enumerate(rows[1:], start=1):  # patience 1: the first epoch without a better val top-1 ends it
+        if r["val_top1"] <= best:
+            assert i == len(rows) - 1 and "early_stopping" in out
+        best = max(best, r["val_top1"])
+    info = json.loads((run / "run.json").read_text())
+    assert info["datasets"]["val"]["n"] == 200 and info["datasets"]["train"]["n"] == 128
+    ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert ckpt["epoch"] == max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], -i)) + 1

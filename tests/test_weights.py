@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
 import logging
 import pickle
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -139,26 +136,6 @@ def test_failed_load_leaves_no_half_loaded_model(tmp_path: Path) -> None:
 
 
 # --- URLs, served from 127.0.0.1 by the test itself (never the internet) ---------------------------------------
-
-
-@pytest.fixture()
-def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    root = tmp_path / "served"
-    root.mkdir()
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, directory=str(root), **kw)
-
-        def log_message(self, *args) -> None:
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", root
-    httpd.shutdown()
-    httpd.server_close()
 
 
 def _sha(path: Path) -> str:

@@ -1,14 +1,24 @@
 """resnetkit: deep residual networks faithful to the papers, and the workflow around them."""
 
-from resnetkit.errors import ResnetkitError, UnknownModelError, WeightsError
+from resnetkit.config import TrainConfig
+from resnetkit.constants import VERSION
+from resnetkit.engine.runner import RunResult, run_training
+from resnetkit.errors import DataError, ResnetkitError, UnknownModelError, WeightsError
+from resnetkit.inference import evaluate_checkpoint, predict_files
 from resnetkit.models import FeatureExtractor, ResNet, count_macs, count_parameters, create_model, list_models
 from resnetkit.transforms import DataConfig
 from resnetkit.weights import read_state_dict, save_state_dict
 
-__version__ = "0.1.0"
+__version__ = VERSION
 
 __all__ = [
     "DataConfig",
+    "DataError",
+    "RunResult",
+    "TrainConfig",
+    "evaluate_checkpoint",
+    "predict_files",
+    "run_training",
     "FeatureExtractor",
     "ResNet",
     "ResnetkitError",

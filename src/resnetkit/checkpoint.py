@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from resnetkit import __version__
+from resnetkit.constants import VERSION
 from resnetkit.errors import ResnetkitError
 from resnetkit.models import create_model
-from resnetkit.weights.io import _strip_prefixes
+from resnetkit.weights.io import atomic_write, strip_prefixes
 
 FORMAT = "resnetkit.checkpoint/1"
 
@@ -35,19 +33,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, **fields: Any) -> Path:
 
     Typical fields: classes, preprocessing, optimizer, scheduler, epoch, step, config, metrics, rng.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {_strip_prefixes(k): v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": FORMAT, "library_version": __version__, **model_record(model), "model": state, **fields}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    state = {strip_prefixes(k): v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "library_version": VERSION, **model_record(model), "model": state, **fields}
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Fixed numbers shared across the library, typed once (ARCHITECTURE.md: no retyped mean/std)."""
 
+VERSION = "0.1.0"
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 

@@ -6,7 +6,7 @@ import os
 import pickle
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,14 @@ def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.T
             obj = inner
     if not isinstance(obj, Mapping) or not obj or not _is_tensor_dict(obj):
         raise WeightsError(f"{source} holds no state dict (expected a mapping of parameter names to tensors)")
-    return {_strip_prefixes(k): v for k, v in obj.items()}
+    return {strip_prefixes(k): v for k, v in obj.items()}
 
 
 def _is_tensor_dict(obj: Mapping[Any, Any]) -> bool:
     return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def _strip_prefixes(key: str) -> str:
+def strip_prefixes(key: str) -> str:
     changed = True
     while changed:
         changed = False
@@ -89,15 +89,21 @@ def _strip_prefixes(key: str) -> str:
 def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> Path:
     """Write a state dict atomically (temporary file, then rename): .safetensors by suffix, else torch.save."""
     path = Path(path)
+    clean = {strip_prefixes(k): v.detach().cpu().contiguous() for k, v in state.items()}
+    if path.suffix == ".safetensors":
+        return atomic_write(path, lambda tmp: save_file(clean, tmp))
+    return atomic_write(path, lambda tmp: torch.save(clean, tmp))
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`: readers never see a
+    half-written file, and an interrupted write leaves the previous file intact."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean = {_strip_prefixes(k): v.detach().cpu().contiguous() for k, v in state.items()}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        if path.suffix == ".safetensors":
-            save_file(clean, tmp)
-        else:
-            torch.save(clean, tmp)
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
