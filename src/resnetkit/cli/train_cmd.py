@@ -43,13 +43,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--amp", action="store_true", default=None, help="bf16/fp16 autocast")
     p.add_argument("--strict", action="store_true", default=None, help="unreadable images are errors")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile (default: auto)")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (YAML value)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or checkpoint file)")
 
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags the user gave (None means "not given"), then --set pairs parsed as YAML values."""
-    keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress"]
+    keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress", "compile"]
     values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for pair in args.set:
         key, sep, raw = pair.partition("=")

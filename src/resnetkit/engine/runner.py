@@ -22,6 +22,7 @@ from resnetkit.checkpoint import load_checkpoint, save_checkpoint
 from resnetkit.config import ConfigError, TrainConfig, dump_yaml
 from resnetkit.data.factory import TrainingData, load_training_data
 from resnetkit.data.loader import BatchLoader, _mix
+from resnetkit.engine.fastpath import speed_up_for_training
 from resnetkit.engine.loop import EvalResult, Mixing, evaluate, train_step
 from resnetkit.errors import NonFiniteLoss, TrainingInterrupted
 from resnetkit.models import create_model
@@ -33,6 +34,8 @@ log = logging.getLogger(__name__)
 # Flags a resumed run may change; everything else must stay as the checkpoint recorded it.
 RESUME_OVERRIDABLE = {"epochs", "max_steps", "progress", "device", "threads", "checkpoint_every", "early_stopping"}
 INTERRUPT_ENV = "RESNETKIT_INTERRUPT_AT_STEP"  # fault injection for tests: behave as if Ctrl-C after step N
+# A compile costs about a minute here; below this many training images it would not pay for itself.
+COMPILE_AFTER_IMAGES = 200_000
 LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs the host once)
 
 
@@ -83,7 +86,7 @@ def run_training(
     torch.manual_seed(cfg.seed)
     data = load_training_data(cfg, _model_data_config(cfg))
     model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_kwargs)
-    model = model.to(device, memory_format=torch.channels_last)
+    model = model.to(device)
     trainer = _Trainer(cfg, data, model, device, run_dir)
     if ckpt is not None:
         trainer.restore(ckpt)
@@ -163,6 +166,8 @@ class _Trainer:
         factor = lr_factor(cfg.schedule, self.total_steps, warmup, cfg.milestones, cfg.warmup_constant_factor)
         self.scheduler = build_schedule(self.optimizer, factor)
         self.mixing = Mixing(cfg.mixup, cfg.cutmix) if (cfg.mixup or cfg.cutmix) else None
+        compile_ = cfg.compile if cfg.compile is not None else self.total_steps * cfg.batch_size >= COMPILE_AFTER_IMAGES
+        self.forward_model = speed_up_for_training(model, compile_)
         self.amp_dtype = _amp_dtype(cfg.amp, device)
         self.state = _State()
         self.interrupt_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
@@ -241,7 +246,7 @@ class _Trainer:
         for x, y in self.train_loader.epoch(s.epoch, s.batch):
             gen = torch.Generator().manual_seed(_mix(cfg.seed, s.epoch, s.batch, 7)) if self.mixing else None
             loss, hits = train_step(
-                self.model, x, y, self.optimizer, label_smoothing=cfg.label_smoothing, mixing=self.mixing,
+                self.forward_model, x, y, self.optimizer, label_smoothing=cfg.label_smoothing, mixing=self.mixing,
                 gen=gen, grad_clip=cfg.grad_clip, amp_dtype=self.amp_dtype,
             )  # fmt: skip
             self.scheduler.step()
