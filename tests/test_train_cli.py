@@ -52,12 +52,13 @@ def test_train_eval_predict_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFix
     info = json.loads((run / "run.json").read_text())
     assert info["datasets"]["train"]["n"] == 128 and info["datasets"]["test"]["n"] == 10_000
     code, out, err = cli(
-        capsys, "eval", "--checkpoint", str(run), "--data", "cifar10", "--data-dir", str(data), "--json"
+        capsys, "eval", "--checkpoint", str(run), "--data", "cifar10", "--data-dir", str(data), "--json", "--no-compile"
     )
     assert code == 0, err
     res = json.loads(out)
     assert res["n"] == 10_000 and 0.0 <= res["top1"] <= res["top5"] <= 1.0 and res["loss"] > 0
-    assert res["top1"] == pytest.approx(rows[0]["test_top1"])  # eval and the training loop agree
+    # eval (BatchNorm folded, channels_last) and the training loop's eager evaluation agree, up to a rare tie
+    assert res["top1"] == pytest.approx(rows[0]["test_top1"], abs=2e-4)
     assert len(res["per_class_accuracy"]) == 10 and sum(map(sum, res["confusion_matrix"])) == 10_000
 
 

@@ -12,9 +12,12 @@ from torch import nn
 from resnetkit.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetkit.data.factory import load_eval_split
 from resnetkit.data.loader import BatchLoader
+from resnetkit.engine.fastpath import speed_up_for_inference
 from resnetkit.engine.loop import evaluate
 from resnetkit.errors import DataError
 from resnetkit.transforms import Preprocessing
+
+COMPILE_EVAL_IMAGES = 5_000  # below this, a compile (~a minute on 2 cores) costs more than it saves
 
 
 def load_for_inference(checkpoint: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
@@ -25,14 +28,19 @@ def load_for_inference(checkpoint: str | Path) -> tuple[nn.Module, Preprocessing
 
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str, data_dir: str | None = None, *, split: str = "test",
-    batch_size: int = 256, tta_flip: bool = False, download: bool = False, progress: bool = True,
+    batch_size: int = 250, tta_flip: bool = False, download: bool = False, progress: bool = True,
+    compile: bool | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """top1, top5, loss, n, per-class accuracy and the confusion matrix of a checkpoint on one split."""
+    """top1, top5, loss, n, per-class accuracy and the confusion matrix of a checkpoint on one split.
+
+    Runs the fast path: BatchNorm folded, channels_last, and (for 5,000 images or more, or when asked) a frozen
+    compiled graph; outputs equal the eager model's within 1e-4.
+    """
     model, pre, classes = load_for_inference(checkpoint)
     ds = load_eval_split(data, data_dir, split, pre, download=download, progress=progress)
     if list(ds.classes) != classes:
         raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
-    model = model.to(memory_format=torch.channels_last)
+    model = speed_up_for_inference(model, compile=len(ds) >= COMPILE_EVAL_IMAGES if compile is None else compile)
     loader = BatchLoader(ds, pre, batch_size=batch_size, train=False)
     result = evaluate(model, loader, len(classes), tta_flip=tta_flip)
     return {
@@ -52,6 +60,7 @@ def predict_files(
     from resnetkit.data.folder import list_image_files, load_image
 
     model, pre, classes = load_for_inference(checkpoint)
+    model = speed_up_for_inference(model, compile=False)  # a few images: a compile would not pay off
     files = list_image_files(paths)
     k = max(1, min(topk, len(classes)))
     results = []

@@ -12,7 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--data", default="sample", choices=["sample", "cifar10", "cifar100", "folder"])
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test", help="test (CIFAR) / val (image folders) / train")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="default: auto")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--download", action="store_true")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -23,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = evaluate_checkpoint(
         args.checkpoint, args.data, args.data_dir, split=args.split, batch_size=args.batch_size,
-        tta_flip=args.tta_flip, download=args.download, progress=not args.json,
+        tta_flip=args.tta_flip, download=args.download, progress=not args.json, compile=args.compile,
     )  # fmt: skip
     if args.json:
         print(json.dumps(res))
