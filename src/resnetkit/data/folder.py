@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.errors import DataError
+from resnetkit.weights.io import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -242,14 +242,9 @@ def _read_cache(path: Path, scan: _Scan, size: int) -> _Decoded | None:
 
 
 def _write_cache(path: Path, decoded: _Decoded) -> None:
-    """Write atomically (temporary file, then rename) so an interrupted run never leaves a half cache."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(decoded.payload(), tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Written atomically, so an interrupted run never leaves a half cache."""
+    payload = decoded.payload()
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def _decode_cached(scan: _Scan, size: int, *, strict: bool, progress: bool, cache_dir: Path | None) -> _Decoded:
