@@ -56,7 +56,7 @@ class TrainConfig:
     warmup_constant_factor: float | None = None  # the paper's ResNet-110 warm-up: 0.1 x lr, then the full lr
     grad_clip: float | None = None
     amp: bool = False
-    compile: bool | None = None  # torch.compile the training step; None: when the run is long enough to pay off
+    compile: bool | None = None  # torch.compile the training step; None: on CUDA for long runs (slower on CPU here)
     early_stopping: int = 0  # patience in evaluations without a better validation top-1 (0: off)
     # run
     seed: int = 0

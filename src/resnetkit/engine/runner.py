@@ -166,11 +166,17 @@ class _Trainer:
         factor = lr_factor(cfg.schedule, self.total_steps, warmup, cfg.milestones, cfg.warmup_constant_factor)
         self.scheduler = build_schedule(self.optimizer, factor)
         self.mixing = Mixing(cfg.mixup, cfg.cutmix) if (cfg.mixup or cfg.cutmix) else None
-        compile_ = cfg.compile if cfg.compile is not None else self.total_steps * cfg.batch_size >= COMPILE_AFTER_IMAGES
+        compile_ = cfg.compile if cfg.compile is not None else self._compile_pays_off()
         self.forward_model = speed_up_for_training(model, compile_)
         self.amp_dtype = _amp_dtype(cfg.amp, device)
         self.state = _State()
         self.interrupt_at = int(os.environ.get(INTERRUPT_ENV, "0") or 0)
+
+    def _compile_pays_off(self) -> bool:
+        """Measured on the 2-core CPU (benchmarks/RESULTS.md): the compiled ResNet-20 training step ran slower
+        than the eager channels_last one (370 vs 399 images/s), so the default compiles only on CUDA, and only
+        for runs long enough to repay the compile time."""
+        return self.device.type == "cuda" and self.total_steps * self.cfg.batch_size >= COMPILE_AFTER_IMAGES
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def _save(self, name: str) -> Path:
