@@ -15,13 +15,21 @@ from resnetkit.data.loader import BatchLoader
 from resnetkit.engine.fastpath import speed_up_for_inference
 from resnetkit.engine.loop import evaluate
 from resnetkit.errors import DataError
-from resnetkit.transforms import Preprocessing
+from resnetkit.models import create_model
+from resnetkit.transforms import Preprocessing, preprocessing_for
+from resnetkit.weights.registry import get_weights, is_weights_name
 
 COMPILE_EVAL_IMAGES = 5_000  # below this, a compile (~a minute on 2 cores) costs more than it saves
 
 
 def load_for_inference(checkpoint: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
-    """Model (eval mode), its preprocessing and its class names, from a checkpoint file or run folder."""
+    """Model (eval mode), its preprocessing and its class names, from a checkpoint file, a run folder or the
+    name of registered pretrained weights (e.g. "resnet20.rk_cifar10")."""
+    if isinstance(checkpoint, str) and is_weights_name(checkpoint):
+        entry = get_weights(checkpoint)
+        model = create_model(entry.architecture, weights=checkpoint).eval()
+        kind = "cifar" if entry.data_config.crop_pct >= 1.0 else "imagenet"
+        return model, preprocessing_for(entry.data_config, kind), list(entry.classes)
     ckpt = load_checkpoint(checkpoint)
     return model_from_checkpoint(ckpt), Preprocessing.from_dict(ckpt["preprocessing"]), list(ckpt["classes"])
 

@@ -57,3 +57,5 @@ def _configure_logging(quiet: bool) -> None:
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
+    # torch.compile on a CPU-only machine warns that no CUDA runtime exists: true, and not the user's problem.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)

@@ -17,9 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="one JSON list of objects")
     fmt.add_argument("--markdown", action="store_true", help="a Markdown table (the README's)")
+    p.add_argument("--weights", action="store_true", help="list the pretrained weights instead")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.weights:
+        return _list_weights(args)
     names = sorted_names(args.pattern)
     if not names:
         print(f"no model matches {args.pattern!r}", file=sys.stderr)
@@ -56,3 +59,18 @@ def plain_table(rows: list[ModelSummary]) -> str:
         "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True)))
         for row in table
     )
+
+
+def _list_weights(args: argparse.Namespace) -> int:
+    from resnetkit.weights.registry import list_weights
+
+    entries = list_weights(args.pattern)
+    if args.json:
+        print(json.dumps([e.to_dict() for e in entries], indent=2))
+        return 0
+    for e in entries:
+        top1 = next((f"{k} {100 * v:.2f}%" for k, v in e.metrics.items() if "top1" in k or "acc1" in k), "")
+        where = "shipped" if e.shipped else "download"
+        size = "x".join(map(str, e.data_config.input_size[1:]))
+        print(f"{e.name:<32} {e.num_classes:>5} classes  {size:>7}  {where:<8}  {top1}")
+    return 0

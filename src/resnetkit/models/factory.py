@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from resnetkit._registry import get_model_entry, list_model_names
+from resnetkit.errors import WeightsError
 from resnetkit.weights import download_url, load_into_model, read_state_dict
+from resnetkit.weights.registry import WeightsEntry, get_weights, is_weights_name, resolve_weights_file
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,16 @@ def create_model(
 ) -> nn.Module:
     """Build a registered model, optionally loading weights.
 
-    `weights` is a local .pt/.pth/.safetensors file or an http(s) URL (verified against `weights_sha256`, a
+    `weights` is a registered name (`resnetkit models --weights`, e.g. "resnet20.rk_cifar10"), a local
+    .pt/.pth/.safetensors file or an http(s) URL (verified against `weights_sha256`, a
     `#sha256=` fragment, or torch.hub's hash-in-file-name). Without `num_classes` the model takes the file's
     number of classes; with another number the head is re-initialised. `features_only=True` returns a
     `FeatureExtractor` producing the maps named by `out_indices` (0 = stem, 1.. = stages).
     """
     entry = get_model_entry(name)
+    pretrained = _registered_weights(name, weights)
+    if pretrained is not None:
+        weights = resolve_weights_file(pretrained)
     state, source = (None, "") if weights is None else _read_weights(weights, weights_sha256)
     file_classes = _head_classes(state) if state is not None else None
     classes = num_classes if num_classes is not None else file_classes
@@ -47,6 +53,10 @@ def create_model(
     model = entry.builder(**kwargs)
     if state is not None:
         load_into_model(model, state, source, keep_head=file_classes is None or file_classes == model.num_classes)
+    if pretrained is not None:
+        in_chans = kwargs.get("in_chans", pretrained.data_config.input_size[0])
+        model.default_cfg = pretrained.data_config.with_channels(in_chans)  # how these weights were trained
+        model.pretrained_cfg = pretrained
     model.model_name = name
     model.model_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
     if features_only:
@@ -54,6 +64,16 @@ def create_model(
 
         return FeatureExtractor(model, out_indices)
     return model
+
+
+def _registered_weights(name: str, weights: str | os.PathLike[str] | None) -> WeightsEntry | None:
+    """The registry entry when `weights` names one ("resnet20.rk_cifar10"), checked against the architecture."""
+    if not isinstance(weights, str) or not is_weights_name(weights):
+        return None
+    pretrained = get_weights(weights)
+    if pretrained.architecture != name:
+        raise WeightsError(f"weights {weights!r} are for {pretrained.architecture}, not {name}")
+    return pretrained
 
 
 def _read_weights(weights: str | os.PathLike[str], sha256: str | None) -> tuple[dict[str, torch.Tensor], str]:

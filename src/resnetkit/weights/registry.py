@@ -1,0 +1,145 @@
+"""Pretrained weights as data (torchvision's `Weights`, timm's pretrained cfgs): where a file comes from, how
+it is verified, which classes it predicts, how its inputs were prepared, and what it measured."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD
+from resnetkit.errors import WeightsError
+from resnetkit.transforms import DataConfig
+
+SHIPPED = Path(__file__).parent / "shipped"
+OFFLINE_ENV = "RESNETKIT_OFFLINE"  # "1": never download; a missing file is an error naming where to put it
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """One set of pretrained weights. `url` is an http(s) URL, or a file name shipped inside the package."""
+
+    name: str  # "<architecture>.<tag>", timm style
+    url: str
+    sha256: str  # the full hash, or torch.hub's hash prefix where the publisher gives only that
+    num_classes: int
+    classes: tuple[str, ...]
+    data_config: DataConfig
+    metrics: dict[str, float] = field(default_factory=dict)
+    recipe: str = ""
+    source: str = ""
+
+    @property
+    def architecture(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def shipped(self) -> bool:
+        return not self.url.startswith(("http://", "https://"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "architecture": self.architecture, "url": self.url, "sha256": self.sha256,
+            "num_classes": self.num_classes, "classes": list(self.classes),
+            "preprocessing": self.data_config.to_dict(), "metrics": self.metrics, "recipe": self.recipe,
+            "source": self.source,
+        }  # fmt: skip
+
+
+_SHIPPED_ENTRIES = (
+    WeightsEntry(
+        name="resnet20.rk_cifar10",
+        url="resnet20_rk_cifar10.safetensors",
+        sha256="97a2ebdccbe3aa9bde2960796cc2db8b87ad7b7fccce96b4299882e01ed92e06",
+        num_classes=10,
+        classes=CIFAR10_CLASSES,
+        data_config=DataConfig((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, crop_pct=1.0),
+        metrics={"cifar10_test_top1": 0.8896, "cifar10_test_top1_flip_tta": 0.8993},
+        recipe="resnetkit train --config cifar10_fast_cpu --data-dir CIFAR10_DIR --seed 0 (15 epochs, 50 min, 2 cores)",
+        source="resnetkit; trained on the 50,000 CIFAR-10 training images",
+    ),
+)
+
+
+def _entries() -> dict[str, WeightsEntry]:
+    entries = {e.name: e for e in _SHIPPED_ENTRIES}
+    entries.update({e.name: e for e in _torchvision_entries()})
+    return entries
+
+
+def _torchvision_entries() -> list[WeightsEntry]:
+    """torchvision's published ImageNet weights for the ResNet family, read from its own Weights enums (so the
+    URLs, categories, metrics and preprocessing are never retyped). V1 -> "tv_in1k", V2 -> "tv2_in1k"."""
+    import re
+
+    import torchvision
+
+    out = []
+    for arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
+                 "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"):  # fmt: skip
+        for w in torchvision.models.get_model_weights(arch):
+            tag = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}.get(w.name)
+            if tag is None:
+                continue
+            t = w.transforms()
+            crop = t.crop_size[0]
+            prefix = re.search(r"-([0-9a-f]{8,})\.", w.url)
+            out.append(WeightsEntry(
+                name=f"{arch}.{tag}", url=w.url, sha256=prefix.group(1) if prefix else "",
+                num_classes=len(w.meta["categories"]), classes=tuple(w.meta["categories"]),
+                data_config=DataConfig((3, crop, crop), tuple(t.mean), tuple(t.std), t.interpolation.value,
+                                       crop / t.resize_size[0]),
+                metrics={f"imagenet_{k.replace('@', '')}": v / 100 for k, v in w.meta["_metrics"]["ImageNet-1K"].items()},  # noqa: E501
+                recipe=w.meta.get("recipe", ""), source="torchvision",
+            ))  # fmt: skip
+    return out
+
+
+_CACHE: dict[str, WeightsEntry] | None = None
+
+
+def list_weights(pattern: str | None = None) -> list[WeightsEntry]:
+    """All registered weights (shipped first), optionally filtered by a shell-style pattern on the name."""
+    import fnmatch
+
+    global _CACHE
+    if _CACHE is None:
+        _CACHE = _entries()
+    return [e for n, e in _CACHE.items() if pattern is None or fnmatch.fnmatchcase(n, pattern)]
+
+
+def get_weights(name: str) -> WeightsEntry:
+    for e in list_weights():
+        if e.name == name:
+            return e
+    import difflib
+
+    close = difflib.get_close_matches(name, [e.name for e in list_weights()], n=4)
+    hint = f"; did you mean: {', '.join(close)}" if close else "; `resnetkit models --weights` lists them"
+    raise WeightsError(f"unknown weights {name!r}{hint}")
+
+
+def is_weights_name(text: str) -> bool:
+    """A registry name looks like "arch.tag" and is not an existing file or a URL."""
+    return (
+        "." in text
+        and not os.path.exists(text)
+        and "/" not in text
+        and not text.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    )
+
+
+def resolve_weights_file(entry: WeightsEntry, *, progress: bool = True) -> Path:
+    """The verified local file of `entry`: the shipped copy, or the cached/downloaded one."""
+    from resnetkit.weights.download import cache_dir, download_url
+
+    if entry.shipped:
+        return SHIPPED / entry.url
+    if os.environ.get(OFFLINE_ENV) == "1":
+        target = cache_dir() / "weights" / entry.url.rsplit("/", 1)[-1]
+        if not target.is_file():
+            raise WeightsError(f"{entry.name} is not cached and {OFFLINE_ENV}=1: download {entry.url} to {target}")
+    sha = entry.sha256 if len(entry.sha256) == 64 else None
+    return download_url(entry.url, sha, progress=progress)

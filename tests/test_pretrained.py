@@ -1,0 +1,80 @@
+"""The weights registry and resnetkit's shipped CIFAR-10 weights (loadable offline by name)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import resnetkit
+from resnetkit.cli.main import main
+from resnetkit.weights import sha256_file
+from resnetkit.weights.registry import SHIPPED, get_weights, list_weights
+
+from conftest import shared_data
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETKIT_OFFLINE", "1")  # no test may reach the internet
+    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+
+
+def test_shipped_weights_load_offline_by_name_and_match_their_hash() -> None:
+    entry = get_weights("resnet20.rk_cifar10")
+    assert entry.shipped and sha256_file(SHIPPED / entry.url) == entry.sha256
+    model = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10")
+    assert model.num_classes == 10 and model.default_cfg == entry.data_config
+    assert model.pretrained_cfg.classes[3] == "cat"
+
+
+def test_shipped_weights_reach_their_stated_accuracy(capsys) -> None:
+    data = shared_data("cifar-10-batches-bin")
+    stated = get_weights("resnet20.rk_cifar10").metrics["cifar10_test_top1"]
+    code = main(["-q", "eval", "--checkpoint", "resnet20.rk_cifar10", "--data", "cifar10", "--data-dir", str(data),
+                 "--json", "--no-compile"])  # fmt: skip
+    assert code == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 10_000 and res["top1"] >= stated - 2e-4  # folded BatchNorm: at most a tie may flip
+
+
+def test_predict_with_a_weights_name(tmp_path, capsys) -> None:
+    from resnetkit.data import load_sample
+    from resnetkit.data.export import write_example_images
+
+    folder = write_example_images(load_sample("test"), tmp_path / "ex")
+    assert main(["-q", "predict", "--checkpoint", "resnet20.rk_cifar10", str(folder), "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    right = sum(p["top"][0]["class"] == p["path"].rsplit("-", 1)[1].removesuffix(".png") for p in preds)
+    assert len(preds) == 10 and right >= 7  # an 89% model on one image per class
+
+
+def test_registry_entries_carry_their_metadata(capsys) -> None:
+    names = {e.name for e in list_weights()}
+    assert {"resnet20.rk_cifar10", "resnet50.tv_in1k", "resnet50.tv2_in1k", "resnext101_64x4d.tv_in1k"} <= names
+    v2 = get_weights("resnet50.tv2_in1k")
+    assert v2.url.startswith("https://download.pytorch.org/") and v2.sha256 in v2.url
+    assert v2.data_config.input_size == (3, 224, 224) and v2.data_config.crop_pct == pytest.approx(224 / 232)
+    assert len(v2.classes) == 1000 and v2.metrics["imagenet_acc1"] == pytest.approx(0.80858)
+    assert main(["models", "--weights", "resnet20.*", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["name"] == "resnet20.rk_cifar10" and rows[0]["metrics"]["cifar10_test_top1"] > 0.88
+
+
+def test_weights_errors_are_one_line() -> None:
+    with pytest.raises(resnetkit.WeightsError, match="are for resnet20, not resnet56"):
+        resnetkit.create_model("resnet56", weights="resnet20.rk_cifar10")
+    with pytest.raises(resnetkit.WeightsError, match="unknown weights 'resnet20.rk_cifar100'; did you mean"):
+        resnetkit.create_model("resnet20", weights="resnet20.rk_cifar100")
+    with pytest.raises(
+        resnetkit.WeightsError,
+        match=r"not cached and RESNETKIT_OFFLINE=1: download https://.*resnet18-.*\.pth to .*weights",
+    ):
+        resnetkit.create_model("resnet18", weights="resnet18.tv_in1k")
+
+
+def test_head_can_be_replaced_on_shipped_weights() -> None:
+    model = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10", num_classes=2)
+    ref = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10")
+    assert model.fc.out_features == 2 and torch.equal(model.conv1.weight, ref.conv1.weight)
