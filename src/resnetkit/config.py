@@ -26,6 +26,11 @@ class TrainConfig:
     # model
     model: str = "resnet20"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # fine-tuning: a registered name, a file or a URL (the head is replaced)
+    finetune: str = "full"  # full | linear (frozen backbone) | last (the last `trainable_stages` stages)
+    trainable_stages: int = 1
+    backbone_lr_mult: float = 1.0  # full fine-tuning: the backbone's lr is lr x this
+    freeze_bn: bool = False  # keep the pretrained BatchNorm statistics (frozen layers always keep theirs)
     # data
     data: str = "sample"
     data_dir: str | None = None
@@ -81,6 +86,9 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.data == "folder" and not self.data_dir:
             raise ConfigError("--data folder needs --data-dir (a folder with train/ and val/, or class folders)")
+        _choice("finetune", self.finetune, ("full", "linear", "last"))
+        if self.finetune != "full" and not self.weights:
+            raise ConfigError(f"--strategy {self.finetune} needs --weights (what would stay frozen is random)")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 

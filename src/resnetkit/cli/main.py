@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from resnetkit import __version__
-from resnetkit.cli import bench_cmd, demo_cmd, eval_cmd, models_cmd, predict_cmd, train_cmd
+from resnetkit.cli import bench_cmd, demo_cmd, eval_cmd, finetune_cmd, models_cmd, predict_cmd, train_cmd
 from resnetkit.errors import ResnetkitError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
@@ -16,6 +16,7 @@ EXIT_USER_ERROR = 2
 _COMMANDS = {
     "demo": demo_cmd,
     "train": train_cmd,
+    "finetune": finetune_cmd,
     "eval": eval_cmd,
     "predict": predict_cmd,
     "models": models_cmd,

@@ -34,8 +34,16 @@ FLAGS: dict[str, tuple[str, type]] = {
 }
 
 
+FINETUNE_KEYS = ("weights", "finetune", "trainable_stages", "backbone_lr_mult", "freeze_bn")
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help="train a model (YAML recipe and/or flags)")
+    add_run_arguments(p)
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags shared by `train` and `finetune`."""
     p.add_argument("--config", help="YAML recipe (see configs/); flags given here override it")
     for flag, (key, kind) in FLAGS.items():
         p.add_argument(flag, dest=key, type=kind, default=None, metavar=key.upper())
@@ -52,6 +60,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags the user gave (None means "not given"), then --set pairs parsed as YAML values."""
     keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress", "compile"]
+    keys += [k for k in FINETUNE_KEYS if hasattr(args, k)]
     values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for pair in args.set:
         key, sep, raw = pair.partition("=")
@@ -61,7 +70,7 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> int:
     from resnetkit.engine.runner import run_training
 
     overrides = collect_overrides(args)
@@ -72,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_training(TrainConfig(), resume=args.resume, overrides=overrides)
     else:
         values = load_yaml(args.config) if args.config else {}
-        cfg = TrainConfig.from_dict({**values, **overrides}, source=args.config or "flags")
+        cfg = TrainConfig.from_dict({**(defaults or {}), **values, **overrides}, source=args.config or "flags")
         result = run_training(cfg)
     minutes = (time.perf_counter() - t0) / 60
     last = result.history[-1] if result.history else {}

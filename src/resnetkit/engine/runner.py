@@ -23,6 +23,7 @@ from resnetkit.config import ConfigError, TrainConfig, dump_yaml
 from resnetkit.data.factory import TrainingData, load_training_data
 from resnetkit.data.loader import BatchLoader, _mix
 from resnetkit.engine.fastpath import speed_up_for_training
+from resnetkit.engine.finetune import apply_strategy, finetune_param_groups, freeze_batchnorm
 from resnetkit.engine.loop import EvalResult, Mixing, evaluate, train_step
 from resnetkit.errors import NonFiniteLoss, TrainingInterrupted
 from resnetkit.models import create_model
@@ -85,7 +86,9 @@ def run_training(
     run_dir = _run_dir(cfg, ckpt)
     torch.manual_seed(cfg.seed)
     data = load_training_data(cfg, _model_data_config(cfg))
-    model = create_model(cfg.model, num_classes=len(data.classes), **cfg.model_kwargs)
+    weights = None if ckpt is not None else cfg.weights  # a resumed run restores its own weights
+    model = create_model(cfg.model, num_classes=len(data.classes), weights=weights, **cfg.model_kwargs)
+    apply_strategy(model, cfg.finetune, cfg.trainable_stages)
     model = model.to(device)
     trainer = _Trainer(cfg, data, model, device, run_dir)
     if ckpt is not None:
@@ -162,7 +165,7 @@ class _Trainer:
         self.total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup = cfg.warmup_steps or round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.optimizer = build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_bn_bias)
+        self.optimizer = _optimizer(model, cfg)
         factor = lr_factor(cfg.schedule, self.total_steps, warmup, cfg.milestones, cfg.warmup_constant_factor)
         self.scheduler = build_schedule(self.optimizer, factor)
         self.mixing = Mixing(cfg.mixup, cfg.cutmix) if (cfg.mixup or cfg.cutmix) else None
@@ -244,6 +247,8 @@ class _Trainer:
     def _train_epoch(self, interrupted: dict[str, bool]) -> str:
         s, cfg = self.state, self.cfg
         self.model.train()
+        if self.cfg.weights:  # frozen layers keep their pretrained statistics; --freeze-bn keeps them all
+            freeze_batchnorm(self.model, only_frozen_params=not self.cfg.freeze_bn)
         part = s.partial or {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": 0.0}
         loss_sum = torch.tensor(part["loss_sum"], device=self.device)
         correct = torch.tensor(int(part["correct"]), dtype=torch.int64, device=self.device)
@@ -333,6 +338,13 @@ class _Trainer:
             return True
         self.state.stale += 1
         return False
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    if not cfg.weights:
+        return build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_bn_bias)
+    groups = finetune_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
 def _amp_dtype(amp: bool, device: torch.device) -> torch.dtype | None:

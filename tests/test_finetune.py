@@ -1,0 +1,90 @@
+"""Fine-tuning strategies freeze exactly what they say, and a fine-tuned checkpoint works with eval and predict."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import resnetkit
+from resnetkit.cli.main import main
+from resnetkit.engine.finetune import apply_strategy
+
+from conftest import shared_data
+
+TINY = ["--no-progress", "--batch-size", "32", "--train-subset", "64", "--max-steps", "3", "--threads", "2"]
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
+    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+
+
+def _trainable(strategy: str, stages: int = 1) -> set[str]:
+    model = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10", num_classes=2)
+    apply_strategy(model, strategy, stages)
+    return {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_strategies_set_requires_grad() -> None:
+    assert _trainable("linear") == {"fc"}
+    assert _trainable("last", 1) == {"fc", "layer3"}
+    assert _trainable("last", 2) == {"fc", "layer2", "layer3"}
+    assert _trainable("full") == {"conv1", "bn1", "layer1", "layer2", "layer3", "fc"}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "frozen"), [("linear", ("conv1", "bn1", "layer")), ("last", ("conv1", "bn1", "layer1", "layer2"))]
+)
+def test_frozen_weights_and_statistics_stay_unchanged_after_steps(tmp_path: Path, capsys, strategy, frozen) -> None:
+    data = shared_data("cats_vs_dogs")
+    run = tmp_path / "ft"
+    code = main(["-q", "finetune", "--weights", "resnet20.rk_cifar10", "--data-dir", str(data), "--strategy", strategy,
+                 "--out", str(run), *TINY])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    pretrained = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10").state_dict()
+    tuned = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    for key, value in tuned.items():
+        if key.startswith("fc."):
+            assert value.shape[0] == 2
+        elif key.startswith(frozen):  # weights and BatchNorm running statistics of frozen layers
+            assert torch.equal(value, pretrained[key]), key
+        elif key.endswith(("weight", "bias")):
+            assert not torch.equal(value, pretrained[key]) or value.abs().sum() == 0, key
+
+
+def test_full_finetuning_uses_a_lower_backbone_lr_and_round_trips(tmp_path: Path, capsys) -> None:
+    data = shared_data("cats_vs_dogs")
+    run = tmp_path / "ft"
+    assert main(["-q", "finetune", "--weights", "resnet20.rk_cifar10", "--data-dir", str(data), "--out", str(run),
+                 "--backbone-lr-mult", "0.1", "--freeze-bn", *TINY]) == 0  # fmt: skip
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    lrs = [g["initial_lr"] for g in ckpt["optimizer"]["param_groups"]]
+    assert lrs == [pytest.approx(0.01), pytest.approx(0.001)]  # head, backbone
+    assert ckpt["classes"] == ["cat", "dog"] and ckpt["config"]["weights"] == "resnet20.rk_cifar10"
+    pretrained = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10").state_dict()
+    assert torch.equal(ckpt["model"]["bn1.running_mean"], pretrained["bn1.running_mean"])  # --freeze-bn
+    capsys.readouterr()
+    assert main(["-q", "eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(data), "--split", "val",
+                 "--json"]) == 0  # fmt: skip
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 1000 and len(res["confusion_matrix"]) == 2
+    image = sorted((data / "val" / "cat").glob("*.jpg"))[0]
+    assert main(["-q", "predict", "--checkpoint", str(run), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] in ("cat", "dog")
+
+
+def test_finetune_bad_input(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    one = tmp_path / "one" / "only"
+    one.mkdir(parents=True)
+    Image.new("RGB", (40, 40), "red").save(one / "a.png")
+    code = main(["-q", "finetune", "--weights", "resnet20.rk_cifar10", "--data-dir", str(tmp_path / "one"), *TINY])
+    err = capsys.readouterr().err
+    assert code == 2 and "at least 2 classes" in err and err.count("\n") == 1
+    code = main(["-q", "train", "--set", "finetune=linear", *TINY])
+    assert code == 2 and "needs --weights" in capsys.readouterr().err
