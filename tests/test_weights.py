@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import logging
 import pickle
+import threading
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,76 @@ def test_url_without_hash_or_server_gives_clear_errors(server, tmp_path, monkeyp
         resnetkit.create_model("resnet20", weights=f"{base}/r20.pth")
     with pytest.raises(resnetkit.WeightsError, match=r"cannot download .*offline, put the file at .*r20\.pth"):
         download_url(f"{base}/r20.pth", "a" * 64, progress=False)
+
+
+def test_interrupted_download_is_resumed_with_a_range_request(tmp_path, monkeypatch) -> None:
+    """A server that drops the first transfer half-way, then honours Range: the second call completes it."""
+    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    blob = resnetkit.save_state_dict(_model().state_dict(), tmp_path / "r20.pth").read_bytes()
+    ranges: list[str | None] = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            ranges.append(self.headers.get("Range"))
+            start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+            body = blob[start:] if len(ranges) > 1 else blob[: len(blob) // 2]  # first answer: cut short
+            self.send_response(206 if start else 200)
+            self.send_header("Content-Length", str(len(blob) - start))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{httpd.server_address[1]}/r20.pth"
+    digest = hashlib.sha256(blob).hexdigest()
+    try:
+        with pytest.raises(resnetkit.WeightsError, match="cannot download"):
+            download_url(url, digest, progress=False)
+        partial = tmp_path / "home" / "weights" / "r20.pth.unverified.partial"
+        assert partial.stat().st_size == len(blob) // 2  # kept for the next try
+        path = download_url(url, digest, progress=False)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert ranges == [None, f"bytes={len(blob) // 2}-"]
+    assert path.read_bytes() == blob and not partial.exists()
+
+
+def test_corrupt_cached_file_is_downloaded_again(server, tmp_path, monkeypatch) -> None:
+    base, root = server
+    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    file = resnetkit.save_state_dict(_model().state_dict(), root / "r20.pth")
+    cached = tmp_path / "home" / "weights" / "r20.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"corrupt")
+    path = download_url(f"{base}/r20.pth", _sha(file), progress=False)
+    assert path.read_bytes() == file.read_bytes()
+
+
+def test_corrupt_cached_registry_file_offline_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    from resnetkit.weights.registry import get_weights
+
+    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
+    entry = get_weights("resnet18.tv_in1k")
+    cached = tmp_path / "home" / "weights" / entry.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"corrupt")
+    with pytest.raises(
+        resnetkit.WeightsError, match=r"cached .* is corrupt \(sha256 mismatch\) and RESNETKIT_OFFLINE=1"
+    ):
+        resnetkit.create_model("resnet18", weights="resnet18.tv_in1k")
+
+
+def test_torchvision_and_timm_state_dicts_load_by_path(tmp_path) -> None:
+    timm = pytest.importorskip("timm")
+    import torchvision
+
+    for prefix, ref in (("tv", torchvision.models.resnet50()), ("timm", timm.create_model("resnet50"))):
+        randomize_norm_stats(ref).eval()
+        path = tmp_path / f"{prefix}_resnet50.pth"
+        torch.save(ref.state_dict(), path)
+        assert _same_outputs(ref, resnetkit.create_model("resnet50", weights=path), side=64)

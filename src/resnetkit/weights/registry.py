@@ -133,7 +133,7 @@ def is_weights_name(text: str) -> bool:
 
 def resolve_weights_file(entry: WeightsEntry, *, progress: bool = True) -> Path:
     """The verified local file of `entry`: the shipped copy, or the cached/downloaded one."""
-    from resnetkit.weights.download import cache_dir, download_url
+    from resnetkit.weights.download import cache_dir, download_url, sha256_file
 
     if entry.shipped:
         return SHIPPED / entry.url
@@ -141,5 +141,9 @@ def resolve_weights_file(entry: WeightsEntry, *, progress: bool = True) -> Path:
         target = cache_dir() / "weights" / entry.url.rsplit("/", 1)[-1]
         if not target.is_file():
             raise WeightsError(f"{entry.name} is not cached and {OFFLINE_ENV}=1: download {entry.url} to {target}")
+        if not sha256_file(target).startswith(entry.sha256):
+            raise WeightsError(
+                f"cached {target} is corrupt (sha256 mismatch) and {OFFLINE_ENV}=1: download {entry.url} again"
+            )
     sha = entry.sha256 if len(entry.sha256) == 64 else None
     return download_url(entry.url, sha, progress=progress)
