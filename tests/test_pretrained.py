@@ -57,6 +57,9 @@ def test_registry_entries_carry_their_metadata(capsys) -> None:
     assert v2.url.startswith("https://download.pytorch.org/") and v2.sha256 in v2.url
     assert v2.data_config.input_size == (3, 224, 224) and v2.data_config.crop_pct == pytest.approx(224 / 232)
     assert len(v2.classes) == 1000 and v2.metrics["imagenet_acc1"] == pytest.approx(0.80858)
+    a1 = get_weights("resnet50.a1_in1k")  # timm's, checked against the hash in its release file name
+    assert a1.sha256 == "14fe96d1" and a1.sha256 in a1.url and a1.data_config.interpolation == "bicubic"
+    assert a1.classes == v2.classes and a1.data_config.crop_pct == 0.95
     assert main(["models", "--weights", "resnet20.*", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["name"] == "resnet20.rk_cifar10" and rows[0]["metrics"]["cifar10_test_top1"] > 0.88

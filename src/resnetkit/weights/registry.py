@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD
+from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from resnetkit.errors import WeightsError
 from resnetkit.transforms import DataConfig
 
@@ -63,9 +63,30 @@ _SHIPPED_ENTRIES = (
 )
 
 
+_TIMM_RELEASES = "https://github.com/huggingface/pytorch-image-models/releases/download/"
+# Common timm ResNet weights whose release file names carry their hash (timm's pretrained cfgs: URL, input size,
+# crop_pct, interpolation). timm's key names equal torchvision's, so they load unchanged (tests/test_parity.py).
+_TIMM: tuple[tuple[str, str, int, float, str], ...] = (
+    ("resnet18.a1_in1k", "v0.1-rsb-weights/resnet18_a1_0-d63eafa0.pth", 224, 0.95, "bicubic"),
+    ("resnet34.a1_in1k", "v0.1-rsb-weights/resnet34_a1_0-46f8f793.pth", 224, 0.95, "bicubic"),
+    ("resnet50.a1_in1k", "v0.1-rsb-weights/resnet50_a1_0-14fe96d1.pth", 224, 0.95, "bicubic"),
+    ("resnet50.a3_in1k", "v0.1-rsb-weights/resnet50_a3_0-59cae1ef.pth", 160, 0.95, "bicubic"),
+    ("resnet50.ram_in1k", "v0.1-weights/resnet50_ram-a26f946b.pth", 224, 0.875, "bicubic"),
+)
+
+
 def _entries() -> dict[str, WeightsEntry]:
     entries = {e.name: e for e in _SHIPPED_ENTRIES}
-    entries.update({e.name: e for e in _torchvision_entries()})
+    tv = _torchvision_entries()
+    entries.update({e.name: e for e in tv})
+    imagenet_classes = tv[0].classes
+    for name, path, size, crop_pct, interpolation in _TIMM:
+        entries[name] = WeightsEntry(
+            name=name, url=_TIMM_RELEASES + path, sha256=path.rsplit("-", 1)[1].split(".")[0], num_classes=1000,
+            classes=imagenet_classes, data_config=DataConfig((3, size, size), IMAGENET_MEAN, IMAGENET_STD,
+                                                             interpolation, crop_pct),
+            recipe="timm (ResNet strikes back, Wightman et al. 2021, for a1/a3)", source="timm",
+        )  # fmt: skip
     return entries
 
 
