@@ -29,6 +29,7 @@ from resnetkit.errors import NonFiniteLoss, TrainingInterrupted
 from resnetkit.models import create_model
 from resnetkit.optim import build_schedule, build_sgd, lr_factor
 from resnetkit.plots import plot_training_curves
+from resnetkit.weights.registry import get_weights, is_weights_name
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,10 @@ def _resumed_config(ckpt: dict[str, Any], overrides: dict[str, Any]) -> TrainCon
 
 
 def _model_data_config(cfg: TrainConfig) -> Any:
+    """How inputs are prepared: as the registered weights were trained, else the architecture's default."""
+    if cfg.weights and is_weights_name(cfg.weights):
+        in_chans = cfg.model_kwargs.get("in_chans", 3)
+        return get_weights(cfg.weights).data_config.with_channels(in_chans)
     with torch.device("meta"):
         return create_model(cfg.model, **cfg.model_kwargs).default_cfg
 
