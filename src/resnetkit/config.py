@@ -13,6 +13,7 @@ from resnetkit.errors import ResnetkitError
 DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder")
 SCHEDULES = ("paper", "cosine", "onecycle", "constant")
 AUGMENTS = ("auto", "cifar", "imagenet", "none")
+FINETUNE_STRATEGIES = ("full", "linear", "last")
 
 
 class ConfigError(ResnetkitError):
@@ -86,7 +87,7 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.data == "folder" and not self.data_dir:
             raise ConfigError("--data folder needs --data-dir (a folder with train/ and val/, or class folders)")
-        _choice("finetune", self.finetune, ("full", "linear", "last"))
+        _choice("finetune", self.finetune, FINETUNE_STRATEGIES)
         if self.finetune != "full" and not self.weights:
             raise ConfigError(f"--strategy {self.finetune} needs --weights (what would stay frozen is random)")
         if not 0.0 <= self.label_smoothing < 1.0:

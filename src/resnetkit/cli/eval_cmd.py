@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from resnetkit.config import DATA_CHOICES
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (uses its last.pt)")
-    p.add_argument("--data", default="sample", choices=["sample", "cifar10", "cifar100", "folder"])
+    p.add_argument("--data", default="sample", choices=DATA_CHOICES)
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test", help="test (CIFAR) / val (image folders) / train")
     p.add_argument("--batch-size", type=int, default=250)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from resnetkit.cli import train_cmd
+from resnetkit.config import FINETUNE_STRATEGIES
 
 # A fine-tuning run's defaults (any of them can be overridden by --config or flags).
 DEFAULTS = {
@@ -17,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("finetune", help="fine-tune pretrained weights on your own image folder")
     train_cmd.add_run_arguments(p)
     p.add_argument("--weights", dest="weights", required=True, help="registered name, file or URL")
-    p.add_argument("--strategy", dest="finetune", choices=["full", "linear", "last"], default=None,
+    p.add_argument("--strategy", dest="finetune", choices=FINETUNE_STRATEGIES, default=None,
                    help="full (lower backbone lr), linear (frozen backbone), last (last N stages)")  # fmt: skip
     p.add_argument("--stages", dest="trainable_stages", type=int, default=None, help="N for --strategy last")
     p.add_argument("--backbone-lr-mult", dest="backbone_lr_mult", type=float, default=None)

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from resnetkit.config import ConfigError, TrainConfig
-from resnetkit.constants import DEFAULT_HOME, ENV_HOME
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.transforms import DataConfig, Preprocessing, preprocessing_for
+from resnetkit.weights.download import cache_dir
 
 
 @dataclass
@@ -37,9 +37,8 @@ class TrainingData:
 
 
 def default_data_root() -> Path:
-    import os
-
-    return Path(os.environ.get(ENV_HOME) or os.path.expanduser(DEFAULT_HOME)) / "data"
+    """$RESNETKIT_HOME/data: where CIFAR is looked for (and downloaded to) without --data-dir."""
+    return cache_dir() / "data"
 
 
 def preprocessing_from_config(cfg: TrainConfig, model_cfg: DataConfig) -> Preprocessing:
@@ -108,7 +107,7 @@ def _load_folder(
 
     if not data_dir:
         raise ConfigError("--data folder needs --data-dir")
-    cache = default_data_root().parent / "cache"
+    cache = cache_dir() / "cache"
     return load_image_folder(
         data_dir, size=size, val_fraction=val_fraction, seed=seed, strict=strict, cache_dir=cache, progress=progress
     )

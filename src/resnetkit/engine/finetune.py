@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-STRATEGIES = ("full", "linear", "last")
+from resnetkit.config import FINETUNE_STRATEGIES as STRATEGIES
 
 
 def stage_modules(model: nn.Module) -> list[list[nn.Module]]:
