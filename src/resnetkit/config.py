@@ -70,6 +70,9 @@ class TrainConfig:
     threads: int | None = None
     out: str | None = None
     checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
+    # distributed (torchrun): batch_size is the global batch, split evenly over the processes
+    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm) instead of each process's
+    dist_timeout: float = 300.0  # seconds to join the process group / wait in one collective before failing
     progress: bool = True
     strict: bool = False  # image folders: unreadable files are errors, not warnings
 
@@ -85,6 +88,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.dist_timeout <= 0:
+            raise ConfigError(f"dist_timeout must be positive seconds, got {self.dist_timeout}")
         if self.data == "folder" and not self.data_dir:
             raise ConfigError("--data folder needs --data-dir (a folder with train/ and val/, or class folders)")
         _choice("finetune", self.finetune, FINETUNE_STRATEGIES)

@@ -39,6 +39,7 @@ class DataConfig:
 # --- Batched preprocessing on uint8 tensors (issue 3): one definition for train, eval and predict ---------------
 
 PRESETS = ("cifar", "imagenet", "none")
+Part = tuple[int, int] | None  # (first row, rows in the whole batch) when a batch is split across processes
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,28 @@ class Preprocessing:
         """Deterministic view: the center `size` crop of the stored images, normalised."""
         return self.normalize(center_crop(images, self.size))
 
-    def train_batch(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Random augmentation drawn per image from `gen` (seeded per batch, so runs are reproducible)."""
+    def train_batch(self, images: torch.Tensor, gen: torch.Generator, part: Part = None) -> torch.Tensor:
+        """Random augmentation drawn per image from `gen` (seeded per batch, so runs are reproducible).
+
+        `part=(start, total)`: these images are rows start.. of a batch of `total` (one process's share of a
+        distributed global batch); the random draws are the whole batch's, so N processes augment exactly as
+        one process would.
+        """
         if self.kind == "cifar":
-            x = self.normalize(random_flip(random_crop(images, self.pad, gen), gen))
+            x = self.normalize(random_flip(random_crop(images, self.pad, gen, part), gen, part))
         elif self.kind == "imagenet":
-            x = self.normalize(random_resized_crop(images, self.size, self.rrc_scale, gen))
+            x = self.normalize(random_resized_crop(images, self.size, self.rrc_scale, gen, part))
         else:
             x = self.eval_batch(images)
-        return cutout(x, self.cutout, gen) if self.cutout else x
+        return cutout(x, self.cutout, gen, part) if self.cutout else x
+
+
+def _draw_rows(n: int, part: Part) -> tuple[int, slice]:
+    """How many per-image random values to draw, and which of them belong to these n images."""
+    if part is None:
+        return n, slice(0, n)
+    start, total = part
+    return total, slice(start, start + n)
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -100,12 +114,13 @@ def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     return images[..., top : top + size, left : left + size]
 
 
-def random_crop(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+def random_crop(images: torch.Tensor, pad: int, gen: torch.Generator, part: Part = None) -> torch.Tensor:
     """Zero-pad by `pad` and crop back to the original size at an offset drawn per image (one gather)."""
     n, _, h, w = images.shape
+    m, mine = _draw_rows(n, part)
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
-    dx = torch.randint(0, 2 * pad + 1, (n, 1), generator=gen)
+    dy = torch.randint(0, 2 * pad + 1, (m, 1), generator=gen)[mine]
+    dx = torch.randint(0, 2 * pad + 1, (m, 1), generator=gen)[mine]
     rows = (dy + torch.arange(h)).view(n, 1, h, 1)
     cols = (dx + torch.arange(w)).view(n, 1, 1, w)
     batch = torch.arange(n).view(n, 1, 1, 1)
@@ -113,35 +128,38 @@ def random_crop(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.T
     return padded[batch, chans, rows, cols]
 
 
-def random_flip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    flip = torch.rand(images.shape[0], generator=gen) < 0.5
+def random_flip(images: torch.Tensor, gen: torch.Generator, part: Part = None) -> torch.Tensor:
+    m, rows = _draw_rows(images.shape[0], part)
+    flip = torch.rand(m, generator=gen)[rows] < 0.5
     return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
 
 
 def random_resized_crop(
-    images: torch.Tensor, size: int, scale: tuple[float, float], gen: torch.Generator
+    images: torch.Tensor, size: int, scale: tuple[float, float], gen: torch.Generator, part: Part = None
 ) -> torch.Tensor:
     """Inception-style crop (area fraction in `scale`, aspect ratio 3/4..4/3) and flip, as one grid_sample."""
     n = images.shape[0]
-    area = torch.empty(n).uniform_(scale[0], scale[1], generator=gen)
-    log_ratio = torch.empty(n).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)
+    m, rows = _draw_rows(n, part)
+    area = torch.empty(m).uniform_(scale[0], scale[1], generator=gen)[rows]
+    log_ratio = torch.empty(m).uniform_(math.log(3 / 4), math.log(4 / 3), generator=gen)[rows]
     ratio = log_ratio.exp()
     w = (area * ratio).sqrt().clamp(max=1.0)
     h = (area / ratio).sqrt().clamp(max=1.0)
-    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - w)
-    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - h)
-    sign = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0)
+    cx = (torch.rand(m, generator=gen)[rows] * 2 - 1) * (1 - w)
+    cy = (torch.rand(m, generator=gen)[rows] * 2 - 1) * (1 - h)
+    sign = torch.where(torch.rand(m, generator=gen)[rows] < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = w * sign, cx, h, cy
     grid = F.affine_grid(theta, [n, images.shape[1], size, size], align_corners=False)
     return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def cutout(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+def cutout(x: torch.Tensor, size: int, gen: torch.Generator, part: Part = None) -> torch.Tensor:
     """Zero (the mean, after normalisation) one size x size square per image (DeVries & Taylor, 2017)."""
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n, 1, 1), generator=gen)
-    cx = torch.randint(0, w, (n, 1, 1), generator=gen)
+    m, rows = _draw_rows(n, part)
+    cy = torch.randint(0, h, (m, 1, 1), generator=gen)[rows]
+    cx = torch.randint(0, w, (m, 1, 1), generator=gen)[rows]
     ys = torch.arange(h).view(1, h, 1)
     xs = torch.arange(w).view(1, 1, w)
     inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)

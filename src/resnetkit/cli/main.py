@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from resnetkit import __version__
 from resnetkit.cli import bench_cmd, demo_cmd, eval_cmd, finetune_cmd, models_cmd, predict_cmd, train_cmd
+from resnetkit.distributed import launched_rank
 from resnetkit.errors import ResnetkitError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _configure_logging(args.quiet)
+    _configure_logging(args.quiet or launched_rank() != 0)  # under torchrun only rank 0 reports progress
     try:
         return int(_COMMANDS[args.command].run(args) or 0)
     except TrainingInterrupted as e:

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from resnetkit.config import ConfigError, TrainConfig, load_yaml
+from resnetkit.distributed import launched_rank
 
 # flag -> config key, for the flags users and benchmarks need most (any key: --set KEY=VALUE)
 FLAGS: dict[str, tuple[str, type]] = {
@@ -52,6 +53,9 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strict", action="store_true", default=None, help="unreadable images are errors")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile (default: auto)")
+    p.add_argument(
+        "--sync-bn", dest="sync_bn", action="store_true", default=None, help="torchrun: BatchNorm over the global batch"
+    )
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (YAML value)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or checkpoint file)")
@@ -59,7 +63,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """Flags the user gave (None means "not given"), then --set pairs parsed as YAML values."""
-    keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress", "compile"]
+    keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress", "compile", "sync_bn"]
     keys += [k for k in FINETUNE_KEYS if hasattr(args, k)]
     values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     for pair in args.set:
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> int
         cfg = TrainConfig.from_dict({**(defaults or {}), **values, **overrides}, source=args.config or "flags")
         result = run_training(cfg)
     minutes = (time.perf_counter() - t0) / 60
+    if launched_rank() != 0:
+        return 0  # under torchrun, rank 0 reports
     last = result.history[-1] if result.history else {}
     scores = ", ".join(f"{k} {100 * v:.2f}%" for k, v in last.items() if k.endswith("_top1"))
     print(f"run {result.run_dir}: {result.stopped} after {result.steps} steps in {minutes:.1f} min; {scores}")

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import torch
 
 from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.distributed import shard
 from resnetkit.transforms import Preprocessing
 
 
@@ -15,6 +16,11 @@ class BatchLoader:
 
     All randomness comes from generators seeded by (seed, epoch, batch), so a run resumed at batch k of an
     epoch sees exactly the batches an uninterrupted run would have seen.
+
+    Across `world_size` processes (torchrun), `batch_size` is the global batch: every process draws the same
+    permutation and augmentation randomness and takes its own `batch_size / world_size` rows of each global
+    batch (DistributedSampler's sharding of one shared order, with set_epoch built in), so N processes see the
+    batches one process would. Evaluation splits the set into contiguous shards: every image exactly once.
     """
 
     def __init__(
@@ -26,34 +32,47 @@ class BatchLoader:
         train: bool,
         seed: int = 0,
         device: str | torch.device = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("cannot batch an empty dataset")
         self.dataset = dataset
         self.preprocessing = preprocessing
         self.batch_size = min(batch_size, len(dataset)) if train else batch_size
+        if train and self.batch_size % world_size:
+            raise ValueError(f"the global batch {self.batch_size} is not divisible by {world_size} processes")
         self.train = train
         self.seed = seed
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+        self.local_rows = shard(self.batch_size, rank, world_size)  # this process's rows of each train batch
+        self.eval_items = shard(len(dataset), rank, world_size)  # this process's share of an evaluation
 
     def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)  # train drops the ragged tail
+        """Global batches per epoch (training drops the ragged tail); this process's batches for evaluation."""
+        if self.train:
+            return len(self.dataset) // self.batch_size
+        return -(-len(self.eval_items) // self.batch_size)
 
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.train:
-            return torch.arange(len(self.dataset))
+            return torch.arange(self.eval_items.start, self.eval_items.stop)
         return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches `start`.. of `epoch` as (images float32 channels_last, labels int64) on the device."""
         order = self._order(epoch)
+        rows = self.local_rows
         for index in range(start, len(self)):
             take = order[index * self.batch_size : (index + 1) * self.batch_size]
+            if self.train and self.world_size > 1:
+                take = take[rows.start : rows.stop]
             images, labels = self.dataset.images[take], self.dataset.labels[take]
             if self.train:
                 gen = torch.Generator().manual_seed(_mix(self.seed, epoch, index + 1))
-                x = self.preprocessing.train_batch(images, gen)
+                part = (rows.start, self.batch_size) if self.world_size > 1 else None
+                x = self.preprocessing.train_batch(images, gen, part)
             else:
                 x = self.preprocessing.eval_batch(images)
             yield x.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)

@@ -76,10 +76,14 @@ class CompiledOrEager(nn.Module):
         return self._compiled is not None
 
 
-def speed_up_for_training(model: nn.Module, compile: bool) -> nn.Module:
-    """channels_last in place; optionally a compiled wrapper (weights shared with `model`)."""
+def speed_up_for_training(
+    model: nn.Module, compile: bool, wrap: Callable[[nn.Module], nn.Module] | None = None
+) -> nn.Module:
+    """channels_last in place, then `wrap` (DistributedDataParallel when several processes run), then optionally
+    a compiled wrapper around that (compile outside DDP, as PyTorch recommends). Weights stay shared with `model`."""
     model.to(memory_format=torch.channels_last)
-    return CompiledOrEager(model) if compile else model
+    wrapped = wrap(model) if wrap is not None else model
+    return CompiledOrEager(wrapped) if compile else wrapped
 
 
 def speed_up_for_inference(model: nn.Module, *, fold_bn: bool = True, compile: bool = True) -> nn.Module:

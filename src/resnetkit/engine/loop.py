@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetkit.distributed import all_reduce_sum
 from resnetkit.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
 
@@ -102,7 +103,11 @@ def evaluate(
     tta_flip: bool = False,
     on_batch: Callable[[int], None] | None = None,
 ) -> EvalResult:
-    """Loss, top-1/top-5 accuracy and the confusion matrix (optionally averaging logits with the mirror image)."""
+    """Loss, top-1/top-5 accuracy and the confusion matrix (optionally averaging logits with the mirror image).
+
+    Under torchrun each process passes its own shard of the set; the sums are all-reduced, so every process
+    returns the metrics of the whole set, each image counted once.
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64)
@@ -120,6 +125,10 @@ def evaluate(
         if on_batch:
             on_batch(y.shape[0])
     model.train(was_training)
+    count = torch.tensor([float(n)], dtype=torch.float64)
+    sums = all_reduce_sum(torch.cat([loss_sum.view(1), correct.double(), count]))
+    confusion = all_reduce_sum(confusion)
+    loss_total, n = float(sums[0]), int(sums[3])
     if n == 0:
         raise ValueError("evaluation saw no images")
-    return EvalResult(float(loss_sum) / n, float(correct[0]) / n, float(correct[1]) / n, n, confusion)
+    return EvalResult(loss_total / n, float(sums[1]) / n, float(sums[2]) / n, n, confusion)
