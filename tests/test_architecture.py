@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetkit"
 # Higher numbers may import lower ones (and their own package). See docs/ARCHITECTURE.md.
 LEVELS = {
     "cli": 8,
-    **dict.fromkeys(["finetune", "inference", "export", "explain", "serve", "bench"], 7),
+    **dict.fromkeys(["finetune", "inference", "export", "explain", "serve", "bench", "experiments", "report"], 7),
     "engine": 6,
     **dict.fromkeys(["data", "optim", "checkpoint"], 5),
     "models": 4,

@@ -1,4 +1,5 @@
-"""`resnetkit eval`: a checkpoint's accuracy, loss, per-class accuracy and confusion matrix on a dataset."""
+"""`resnetkit eval`: a checkpoint's accuracy, loss, per-class accuracy / precision / recall / F1, calibration
+(ECE) and confusion matrix on a dataset."""
 
 from __future__ import annotations
 
@@ -34,7 +35,14 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{res['data']} {res['split']}: top1 {100 * res['top1']:.2f}%  top5 {100 * res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  n {res['n']}")  # fmt: skip
+    print(f"macro F1 {_pct(res['macro_f1'])}  ECE {_pct(res['ece'])} ({res['ece_bins']} bins)")
     width = max(len(c) for c in res["classes"])
+    print(f"  {'class':<{width}}  {'acc':>6}  {'prec':>6}  {'F1':>6}")
     for name, acc in res["per_class_accuracy"].items():
-        print(f"  {name:<{width}}  {'-' if acc is None else f'{100 * acc:.1f}%'}")
+        prec, f1 = res["per_class_precision"][name], res["per_class_f1"][name]
+        print(f"  {name:<{width}}  {_pct(acc, 1):>6}  {_pct(prec, 1):>6}  {_pct(f1, 1):>6}")
     return 0
+
+
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"

@@ -8,7 +8,18 @@ import sys
 from collections.abc import Sequence
 
 from resnetkit import __version__
-from resnetkit.cli import bench_cmd, demo_cmd, eval_cmd, finetune_cmd, models_cmd, predict_cmd, train_cmd
+from resnetkit.cli import (
+    bench_cmd,
+    demo_cmd,
+    eval_cmd,
+    experiment_cmd,
+    explain_cmd,
+    finetune_cmd,
+    models_cmd,
+    predict_cmd,
+    report_cmd,
+    train_cmd,
+)
 from resnetkit.distributed import launched_rank
 from resnetkit.errors import ResnetkitError, TrainingInterrupted
 
@@ -20,6 +31,9 @@ _COMMANDS = {
     "finetune": finetune_cmd,
     "eval": eval_cmd,
     "predict": predict_cmd,
+    "explain": explain_cmd,
+    "report": report_cmd,
+    "experiment": experiment_cmd,
     "models": models_cmd,
     "bench": bench_cmd,
 }

@@ -1,0 +1,66 @@
+"""`resnetkit report`: per-class quality, calibration, confident mistakes and fairness of a checkpoint, as HTML
+or Markdown with PNG figures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from resnetkit.config import DATA_CHOICES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("report", help="HTML/Markdown report: per class, calibration, mistakes, fairness")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder or registered weights name")
+    p.add_argument("--data", default="sample", choices=DATA_CHOICES)
+    p.add_argument("--data-dir")
+    p.add_argument("--split", default="test", help="test (CIFAR) / val (image folders) / train")
+    p.add_argument("--out", required=True, help="folder for report.html (or .md), its PNGs and report.json")
+    p.add_argument("--format", default="html", choices=["html", "markdown"])
+    p.add_argument("--calibrate", metavar="SPLIT", help="fit temperature scaling on `half` of the split, or on "
+                   "another split (CIFAR `val`: the validation images the run held out with --val-size)")  # fmt: skip
+    p.add_argument("--groups", metavar="CSV", help="fairness table: a CSV mapping each image to a group")
+    p.add_argument("--image-column", default="image", help="CSV column naming the image (path or CIFAR index)")
+    p.add_argument("--group-column", default="group", help="CSV column holding the group")
+    p.add_argument("--bins", type=int, default=15, help="equal-width confidence bins for ECE")
+    p.add_argument("--mistakes", type=int, default=16, help="how many confident mistakes to show")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
+    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="default: auto")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--download", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the report's numbers as one JSON object")
+
+
+def run(args: argparse.Namespace) -> int:
+    from functools import partial
+
+    from resnetkit.inference import predict_split
+    from resnetkit.report import report_from
+
+    predict = partial(
+        predict_split, args.checkpoint, args.data, args.data_dir, batch_size=args.batch_size, tta_flip=args.tta_flip,
+        download=args.download, progress=not args.json, compile=args.compile, keep_images=True,
+    )  # fmt: skip
+    numbers = report_from(
+        lambda split: predict(split=split), args.out, split=args.split, calibrate=args.calibrate,
+        groups_csv=args.groups, image_column=args.image_column, group_column=args.group_column,
+        n_bins=args.bins, mistakes=args.mistakes, fmt=args.format,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(numbers))
+        return 0
+    print(f"{numbers['title']}: top1 {_pct(numbers['top1'])}  macro F1 {_pct(numbers['macro_f1'])}  "
+          f"ECE {_pct(numbers['ece'])}  n {numbers['n']}")  # fmt: skip
+    if numbers["calibration"]:
+        c = numbers["calibration"]
+        print(f"temperature {c['temperature']:.3f}: ECE {_pct(c['ece_before'])} -> {_pct(c['ece_after'])}")
+    if numbers["groups"]:
+        g = numbers["groups"]
+        print(f"groups by {g['column']!r}: largest accuracy gap {100 * g['accuracy_gap']:.2f} points")
+    print(f"report: {numbers['files'][0]}")
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
