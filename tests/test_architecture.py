@@ -76,3 +76,14 @@ def test_the_checker_catches_a_violation(tmp_path: Path) -> None:
     tree = ast.parse("from resnetkit.engine import train\nimport resnetkit.cli.main\n")
     assert _imports(tree) == ["resnetkit.engine", "resnetkit.cli.main"]
     assert LEVELS["engine"] > LEVELS["models"] and LEVELS["cli"] > LEVELS["engine"]
+
+
+def test_only_the_distributed_module_touches_torch_distributed() -> None:
+    """ARCHITECTURE.md / issue 6: one module holds every torch.distributed call (and DDP)."""
+    touching = []
+    for path in _library_files():
+        text = path.read_text()
+        names = _imports(ast.parse(text))
+        if any(n.startswith(("torch.distributed", "torch.nn.parallel")) for n in names) or "torch.distributed" in text:
+            touching.append(str(path.relative_to(PACKAGE)))
+    assert touching == ["distributed.py"]

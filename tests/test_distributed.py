@@ -166,24 +166,40 @@ def test_lost_worker_is_restarted_and_the_run_resumes(tmp_path: Path) -> None:
     assert _last(killed)["step"] == 33
 
 
-def test_distributed_evaluation_counts_each_test_image_once(tmp_path: Path) -> None:
-    """3 processes (10,000 is not divisible by 3): the test metrics cover 10,000 images, equal to one process."""
+@pytest.mark.parametrize("nproc", [2, 3])
+def test_distributed_evaluation_counts_each_test_image_once(tmp_path: Path, nproc: int) -> None:
+    """2 and 3 processes (10,000 is not divisible by 3): the test metrics cover 10,000 images, as one process."""
     data = shared_data("cifar-10-batches-bin")
     run = tmp_path / "run"
     result = torchrun(
-        3, "-m", "resnetkit", "train", "--data", "cifar10", "--data-dir", str(data), "--train-subset", "480",
+        nproc, "-m", "resnetkit", "train", "--data", "cifar10", "--data-dir", str(data), "--train-subset", "480",
         "--batch-size", "48", "--max-steps", "4", "--out", str(run), "--no-progress",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["test_n"] == 10_000
     info = json.loads((run / "run.json").read_text())
-    assert (info["world_size"], info["batch_size_per_process"]) == (3, 16)
+    assert (info["world_size"], info["batch_size_per_process"]) == (nproc, 48 // nproc)
     result = resnetkit("eval", "--checkpoint", str(run), "--data", "cifar10", "--data-dir", str(data), "--json")
     assert result.returncode == 0, result.stderr
     single = json.loads(result.stdout)
     assert single["n"] == 10_000
     assert abs(single["top1"] - row["test_top1"]) <= 2e-4  # eval's folded fast path: at most one tie in 10,000
+
+
+def test_two_nodes_with_c10d_rendezvous(tmp_path: Path) -> None:
+    """A multi-node launch, simulated with two torchrun agents on this machine (--nnodes 2, c10d rendezvous)."""
+    port, run = _free_port(), tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d"]
+    cmd += [f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=nodes-test", "-m", "resnetkit", "train", *SAMPLE_RUN]
+    cmd += ["--batch-size", "64", "--max-steps", "3", "--out", str(run)]
+    nodes = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO)]
+    time.sleep(1)  # the first agent hosts the rendezvous store
+    nodes.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=REPO))
+    outputs = [node.communicate(timeout=300) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][1][-2000:] + outputs[1][1][-2000:]
+    info = json.loads((run / "run.json").read_text())
+    assert info["world_size"] == 2 and _last(run)["step"] == 3
 
 
 # --- launch mistakes ---------------------------------------------------------------------------------------------
