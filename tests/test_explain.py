@@ -4,7 +4,6 @@ decides the class, the randomisation sanity check (Adebayo et al., 2018), and th
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,7 @@ from resnetkit.transforms import preprocessing_for
 REGION = (slice(4, 12), slice(20, 28))  # rows, columns of the square that alone decides the class
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small models run fastest (and disturb least) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _hooks(model: torch.nn.Module) -> int:

@@ -4,7 +4,6 @@ gaps), the group CSV's errors, and `resnetkit report` / `eval --json` end to end
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,7 @@ from resnetkit.metrics import (
 from resnetkit.report import GroupFileError, read_groups
 from resnetkit.report.numbers import calibration_by_halves, confident_mistakes, group_numbers
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _probs(confidences: list[float]) -> torch.Tensor:

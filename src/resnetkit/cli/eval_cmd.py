@@ -11,7 +11,13 @@ from resnetkit.config import DATA_CHOICES
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("eval", help="evaluate a checkpoint on a dataset")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder (uses its last.pt)")
+    add_evaluation_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
+    """What to evaluate on which data, and how: shared by `eval` and `report`."""
+    p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder or registered weights name")
     p.add_argument("--data", default="sample", choices=DATA_CHOICES)
     p.add_argument("--data-dir")
     p.add_argument("--split", default="test", help="test (CIFAR) / val (image folders) / train")
@@ -20,7 +26,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:

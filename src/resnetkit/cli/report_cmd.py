@@ -6,15 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from resnetkit.config import DATA_CHOICES
+from resnetkit.cli.eval_cmd import add_evaluation_arguments
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("report", help="HTML/Markdown report: per class, calibration, mistakes, fairness")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder or registered weights name")
-    p.add_argument("--data", default="sample", choices=DATA_CHOICES)
-    p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", help="test (CIFAR) / val (image folders) / train")
+    add_evaluation_arguments(p)
     p.add_argument("--out", required=True, help="folder for report.html (or .md), its PNGs and report.json")
     p.add_argument("--format", default="html", choices=["html", "markdown"])
     p.add_argument("--calibrate", metavar="SPLIT", help="fit temperature scaling on `half` of the split, or on "
@@ -24,11 +21,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--group-column", default="group", help="CSV column holding the group")
     p.add_argument("--bins", type=int, default=15, help="equal-width confidence bins for ECE")
     p.add_argument("--mistakes", type=int, default=16, help="how many confident mistakes to show")
-    p.add_argument("--batch-size", type=int, default=250)
-    p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
-    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="default: auto")
-    p.add_argument("--no-compile", dest="compile", action="store_false")
-    p.add_argument("--download", action="store_true")
     p.add_argument("--json", action="store_true", help="print the report's numbers as one JSON object")
 
 
