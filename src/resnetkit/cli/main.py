@@ -55,7 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(_COMMANDS[args.command].run(args) or 0)
     except TrainingInterrupted as e:
-        print(f"resnetkit: {e}", file=sys.stderr)
+        if launched_rank() == 0:  # under torchrun every rank stops; one says so
+            print(f"resnetkit: {e}", file=sys.stderr)
         return 130
     except ResnetkitError as e:
         print(f"resnetkit: error: {e}", file=sys.stderr)

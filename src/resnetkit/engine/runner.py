@@ -108,6 +108,11 @@ def run_training(
         run_dir = Path(_on_main_process(lambda: str(_run_dir(cfg, ckpt))))
         torch.manual_seed(cfg.seed)
         data = _load_data_once(cfg, env)
+        if env.enabled and len(data.train) < cfg.batch_size:
+            raise ConfigError(
+                f"the training set has {len(data.train)} images, fewer than the global batch {cfg.batch_size}: "
+                "lower --batch-size"
+            )
         weights = None if ckpt is not None else cfg.weights  # a resumed run restores its own weights
         model = create_model(cfg.model, num_classes=len(data.classes), weights=weights, **cfg.model_kwargs)
         apply_strategy(model, cfg.finetune, cfg.trainable_stages)
