@@ -40,14 +40,15 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"{res['data']} {res['split']}: top1 {100 * res['top1']:.2f}%  top5 {100 * res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  n {res['n']}")  # fmt: skip
-    print(f"macro F1 {_pct(res['macro_f1'])}  ECE {_pct(res['ece'])} ({res['ece_bins']} bins)")
+    print(f"macro F1 {percent(res['macro_f1'])}  ECE {percent(res['ece'])} ({res['ece_bins']} bins)")
     width = max(len(c) for c in res["classes"])
     print(f"  {'class':<{width}}  {'acc':>6}  {'prec':>6}  {'F1':>6}")
     for name, acc in res["per_class_accuracy"].items():
         prec, f1 = res["per_class_precision"][name], res["per_class_f1"][name]
-        print(f"  {name:<{width}}  {_pct(acc, 1):>6}  {_pct(prec, 1):>6}  {_pct(f1, 1):>6}")
+        print(f"  {name:<{width}}  {percent(acc, 1):>6}  {percent(prec, 1):>6}  {percent(f1, 1):>6}")
     return 0
 
 
-def _pct(value: float | None, digits: int = 2) -> str:
+def percent(value: float | None, digits: int = 2) -> str:
+    """A fraction as a percentage for the terminal; '-' for an undefined metric."""
     return "-" if value is None else f"{100 * value:.{digits}f}%"

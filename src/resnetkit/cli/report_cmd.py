@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resnetkit.cli.eval_cmd import add_evaluation_arguments
+from resnetkit.cli.eval_cmd import add_evaluation_arguments, percent
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,17 +42,13 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(numbers))
         return 0
-    print(f"{numbers['title']}: top1 {_pct(numbers['top1'])}  macro F1 {_pct(numbers['macro_f1'])}  "
-          f"ECE {_pct(numbers['ece'])}  n {numbers['n']}")  # fmt: skip
+    print(f"{numbers['title']}: top1 {percent(numbers['top1'])}  macro F1 {percent(numbers['macro_f1'])}  "
+          f"ECE {percent(numbers['ece'])}  n {numbers['n']}")  # fmt: skip
     if numbers["calibration"]:
         c = numbers["calibration"]
-        print(f"temperature {c['temperature']:.3f}: ECE {_pct(c['ece_before'])} -> {_pct(c['ece_after'])}")
+        print(f"temperature {c['temperature']:.3f}: ECE {percent(c['ece_before'])} -> {percent(c['ece_after'])}")
     if numbers["groups"]:
         g = numbers["groups"]
         print(f"groups by {g['column']!r}: largest accuracy gap {100 * g['accuracy_gap']:.2f} points")
     print(f"report: {numbers['files'][0]}")
     return 0
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
