@@ -134,10 +134,12 @@ def test_interrupt_exit_code_in_a_real_process(tmp_path: Path) -> None:
         (["predict", "--checkpoint", "/nonexistent/run", "x.png"], "checkpoint not found"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(capsys, args: list[str], message: str) -> None:
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, monkeypatch, capsys, args: list[str], message: str) -> None:
+    monkeypatch.chdir(tmp_path)  # runs/ would be created here
     code, _, err = cli(capsys, *args)
     assert code == 2
     assert message in err and err.strip().count("\n") == 0 and err.startswith("resnetkit: error: ")
+    assert list(tmp_path.iterdir()) == []  # a failed start leaves no empty run folder behind
 
 
 def test_resume_refuses_recipe_changes_and_existing_runs_are_kept(tmp_path: Path, capsys) -> None:

@@ -202,11 +202,11 @@ def _run_dir(cfg: TrainConfig, ckpt: dict[str, Any] | None) -> Path:
         run_dir = Path("runs") / f"{cfg.model}-{cfg.data}-{time.strftime('%Y%m%d-%H%M%S')}"
     if ckpt is None and (run_dir / "checkpoints" / "last.pt").exists():
         raise ConfigError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    return run_dir
+    return run_dir  # created by _write_run_files once data and model are ready: a failed start leaves no folder
 
 
 def _write_run_files(run_dir: Path, cfg: TrainConfig, data: TrainingData, trainer: _Trainer) -> None:
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg.to_dict(), run_dir / "config.yaml")
     info = {
         "classes": data.classes,
