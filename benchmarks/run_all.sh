@@ -10,3 +10,8 @@ rk bench infer --model resnet20 --batch-size 250
 rk bench infer --model resnet56 --batch-size 250
 rk bench infer --model resnet50 --batch-size 8
 rk bench infer --model resnet50 --batch-size 1
+# session 3: the whole CIFAR-10 test-set evaluation end to end (a trained checkpoint: runs/c10_91_seed0), bf16
+rk bench eval --data-dir "$data" --checkpoint runs/c10_91_seed0 --no-compile
+rk bench eval --data-dir "$data" --checkpoint runs/c10_91_seed0 --compile
+rk bench eval --data-dir "$data" --model resnet56 --no-compile
+rk bench train --data-dir "$data" --steps 60 --amp

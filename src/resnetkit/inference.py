@@ -13,14 +13,12 @@ from resnetkit.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.data.factory import load_eval_split
 from resnetkit.data.loader import BatchLoader
-from resnetkit.engine.fastpath import speed_up_for_inference
+from resnetkit.engine.fastpath import should_compile, speed_up_for_inference
 from resnetkit.engine.predictions import Predictions, collect_logits
 from resnetkit.errors import DataError
 from resnetkit.models import create_model
 from resnetkit.transforms import Preprocessing, center_crop, preprocessing_for
 from resnetkit.weights.registry import get_weights, is_weights_name
-
-COMPILE_EVAL_IMAGES = 5_000  # below this, a compile (~a minute on 2 cores) costs more than it saves
 
 
 def load_for_inference(checkpoint: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
@@ -50,8 +48,9 @@ def evaluate_checkpoint(
     """top1, top5, loss, n, per-class accuracy, the confusion matrix, per-class precision / recall / F1 and the
     expected calibration error of a checkpoint on one split.
 
-    Runs the fast path: BatchNorm folded, channels_last, and (for 5,000 images or more, or when asked) a frozen
-    compiled graph; outputs equal the eager model's within 1e-4.
+    Runs the fast path: BatchNorm folded, channels_last, and (when the evaluation is large enough to pay for
+    it, see engine.fastpath.should_compile, or when asked) a frozen compiled graph; outputs equal the eager
+    model's within 1e-4.
     """
     preds = predict_split(
         checkpoint, data, data_dir, split=split, batch_size=batch_size, tta_flip=tta_flip, download=download,
@@ -80,7 +79,9 @@ def predict_split(
     ds = _load_split(config, data, data_dir, split, pre, download=download, progress=progress)
     if list(ds.classes) != classes:
         raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
-    model = speed_up_for_inference(model, compile=len(ds) >= COMPILE_EVAL_IMAGES if compile is None else compile)
+    if compile is None:
+        compile = should_compile(len(ds), model, tuple(ds.images.shape[1:2]) + (pre.size, pre.size))
+    model = speed_up_for_inference(model, compile=compile)
     loader = BatchLoader(ds, pre, batch_size=batch_size, train=False)
     logits, labels = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files

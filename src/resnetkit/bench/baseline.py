@@ -3,6 +3,7 @@
 Training: a torchvision-style Dataset handing out PIL images, RandomCrop(32, 4) + RandomHorizontalFlip +
 ToTensor + Normalize per image, a DataLoader with 2 worker processes, the eager model, SGD.
 Inference: the eager model (torchvision's own where it has the architecture), NCHW, torch.no_grad().
+Evaluation: the same Dataset with ToTensor + Normalize per image, a DataLoader with 2 workers, the eager model.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class CIFAR10Images(Dataset):
         return self.transform(img), self.targets[index]
 
 
+CIFAR10_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))  # as users copy it from tutorials
+
+
 def standard_train_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> DataLoader:
     import torchvision.transforms as T
 
@@ -37,7 +41,7 @@ def standard_train_loader(images: torch.Tensor, labels: torch.Tensor, batch_size
         T.RandomCrop(32, padding=4),
         T.RandomHorizontalFlip(),
         T.ToTensor(),
-        T.Normalize((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+        T.Normalize(*CIFAR10_NORMALIZE),
     ])  # fmt: skip
     dataset = CIFAR10Images(images, labels, transform)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True,
@@ -60,6 +64,20 @@ def standard_train_steps(model: nn.Module, loader: DataLoader, steps: int) -> in
             if seen >= steps * loader.batch_size:
                 break
     return seen
+
+
+def standard_eval_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 250) -> DataLoader:
+    import torchvision.transforms as T
+
+    transform = T.Compose([T.ToTensor(), T.Normalize(*CIFAR10_NORMALIZE)])
+    return DataLoader(CIFAR10Images(images, labels, transform), batch_size=batch_size, shuffle=False, num_workers=2)
+
+
+@torch.no_grad()
+def standard_evaluate(model: nn.Module, loader: DataLoader) -> torch.Tensor:
+    """The logits of every image, in order."""
+    model.eval()
+    return torch.cat([model(x) for x, _ in loader])
 
 
 def standard_model(name: str, num_classes: int | None = None) -> nn.Module:

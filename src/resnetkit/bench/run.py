@@ -1,4 +1,4 @@
-"""`resnetkit bench train | infer`: resnetkit's fast path and the standard baseline measured in one process."""
+"""`resnetkit bench train | infer | eval`: resnetkit's fast path and the standard baseline measured in one process."""
 
 from __future__ import annotations
 
@@ -9,14 +9,22 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from resnetkit.bench.baseline import standard_model, standard_train_loader, standard_train_steps
+from resnetkit.bench.baseline import (
+    standard_eval_loader,
+    standard_evaluate,
+    standard_model,
+    standard_train_loader,
+    standard_train_steps,
+)
 from resnetkit.data.loader import BatchLoader
-from resnetkit.engine.fastpath import CompiledOrEager, speed_up_for_inference, speed_up_for_training
+from resnetkit.engine.fastpath import CompiledOrEager, should_compile, speed_up_for_inference, speed_up_for_training
 from resnetkit.engine.loop import train_step
+from resnetkit.engine.predictions import collect_logits
 from resnetkit.models import count_macs, create_model
 from resnetkit.optim import build_sgd
-from resnetkit.transforms import preprocessing_for
+from resnetkit.transforms import Preprocessing, preprocessing_for
 
 
 @dataclass
@@ -34,6 +42,7 @@ class BenchResult:
     max_abs_diff: float | None = None
     latency_ms: float | None = None
     baseline_latency_ms: float | None = None
+    extra: dict[str, Any] | None = None  # bench-specific numbers (eval: second-pass rates, top-1 of both sides)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,9 +60,11 @@ def _timed(run: Callable[[], int], min_seconds: float) -> float:
 
 def bench_train(
     images: torch.Tensor, labels: torch.Tensor, *, model_name: str = "resnet20", batch_size: int = 128,
-    steps: int = 40, warmup: int = 5, compile: bool = True,
+    steps: int = 40, warmup: int = 5, compile: bool = True, amp: bool = False,
 ) -> BenchResult:  # fmt: skip
-    """End-to-end training throughput (data, augmentation, forward, backward, step) on real CIFAR images."""
+    """End-to-end training throughput (data, augmentation, forward, backward, step) on real CIFAR images.
+
+    `amp`: resnetkit's side runs in bf16 autocast (as `resnetkit train --amp` on a CPU); the baseline stays fp32."""
     from resnetkit.data.datasets import ImageTensorDataset
 
     torch.manual_seed(0)
@@ -71,15 +82,16 @@ def bench_train(
     forward = speed_up_for_training(fast_model, compile)
     optimizer = build_sgd(fast_model, 0.1, 0.9, 5e-4, False, False)
     batches = _cycle(fast_loader)
+    amp_dtype = torch.bfloat16 if amp else None
     for _ in range(warmup):
-        train_step(forward, *next(batches), optimizer)
+        train_step(forward, *next(batches), optimizer, amp_dtype=amp_dtype)
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(forward, *next(batches), optimizer)
+        train_step(forward, *next(batches), optimizer, amp_dtype=amp_dtype)
     ours = steps * batch_size / (time.perf_counter() - t0)
     compiled = isinstance(forward, CompiledOrEager) and forward.compiled
     return BenchResult("train", model_name, batch_size, torch.get_num_threads(), ours, baseline, ours / baseline,
-                       ours * flops / 1e9, baseline * flops / 1e9, compiled)  # fmt: skip
+                       ours * flops / 1e9, baseline * flops / 1e9, compiled, extra={"amp": amp})  # fmt: skip
 
 
 def _cycle(loader: BatchLoader):  # type: ignore[no-untyped-def]
@@ -113,3 +125,52 @@ def bench_infer(
     return BenchResult("infer", model_name, batch_size, torch.get_num_threads(), ours_ips, base_ips,
                        ours_ips / base_ips, ours_ips * flops / 1e9, base_ips * flops / 1e9, compiled, diff,
                        1000 * batch_size / ours_ips, 1000 * batch_size / base_ips)  # fmt: skip
+
+
+def bench_eval(
+    images: torch.Tensor, labels: torch.Tensor, model: nn.Module, pre: Preprocessing, *, model_name: str,
+    batch_size: int = 250, compile: bool | None = None,
+) -> BenchResult:  # fmt: skip
+    """One whole evaluation of a dataset, end to end, as a user runs it: from the uint8 images in memory to the
+    logits of every image. The baseline is the standard evaluation loop (PIL images, ToTensor + Normalize per
+    image, a 2-worker DataLoader, the eager model); resnetkit's side is exactly what `resnetkit eval` does (fold
+    BatchNorm, channels_last, a compile when `compile` or the dataset's size asks for one, batches normalised
+    as tensors), its preparation included. A second pass of each measures the warm rate."""
+    from resnetkit.data.datasets import ImageTensorDataset
+
+    n = len(labels)
+    compile = should_compile(n, model, tuple(images.shape[1:2]) + (pre.size, pre.size)) if compile is None else compile
+    model = model.eval()
+    baseline_model = copy.deepcopy(model)
+    dataset = ImageTensorDataset(images, labels, [str(i) for i in range(int(labels.max()) + 1)])
+
+    def baseline_pass() -> torch.Tensor:
+        return standard_evaluate(baseline_model, standard_eval_loader(images, labels, batch_size))
+
+    def ours_pass(fast: nn.Module) -> torch.Tensor:
+        return collect_logits(fast, BatchLoader(dataset, pre, batch_size=batch_size, train=False))[0]
+
+    t0 = time.perf_counter()
+    base_logits = baseline_pass()
+    base_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fast = speed_up_for_inference(model, compile=compile)
+    logits = ours_pass(fast)
+    ours_s = time.perf_counter() - t0
+    warm = {}
+    for who, run in (("baseline", baseline_pass), ("resnetkit", lambda: ours_pass(fast))):
+        t0 = time.perf_counter()
+        run()
+        warm[who] = n / (time.perf_counter() - t0)
+    top1 = {who: float((out.argmax(1) == labels).float().mean()) for who, out in (("baseline", base_logits),
+                                                                                   ("resnetkit", logits))}  # fmt: skip
+    extra = {"n": n, "warm_images_per_sec": warm["resnetkit"], "warm_baseline_images_per_sec": warm["baseline"],
+             "warm_ratio": warm["resnetkit"] / warm["baseline"], "top1": top1["resnetkit"],
+             "baseline_top1": top1["baseline"], "seconds": ours_s, "baseline_seconds": base_s}  # fmt: skip
+    flops = 2 * count_macs(model, tuple(images.shape[1:]))
+    ours_ips, base_ips = n / ours_s, n / base_s
+    compiled = isinstance(fast, CompiledOrEager) and fast.compiled
+    diff = float((logits - base_logits).abs().max())
+    return BenchResult("eval", model_name, batch_size, torch.get_num_threads(), ours_ips, base_ips,
+                       ours_ips / base_ips, ours_ips * flops / 1e9, base_ips * flops / 1e9, compiled, diff,
+                       extra=extra)  # fmt: skip

@@ -1,4 +1,4 @@
-"""`resnetkit bench train | infer`: the fast path against the standard PyTorch baseline, one JSON line at the end."""
+"""`resnetkit bench train | infer | eval`: the fast path against the standard baseline, one JSON line at the end."""
 
 from __future__ import annotations
 
@@ -14,14 +14,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     t.add_argument("--model", default="resnet20")
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--steps", type=int, default=40)
+    t.add_argument("--amp", action="store_true", help="resnetkit's side in bf16 autocast (the baseline stays fp32)")
     i = kinds.add_parser("infer", help="inference throughput and latency on synthetic inputs")
     i.add_argument("--model", default="resnet20")
     i.add_argument("--batch-size", type=int, default=8)
     i.add_argument("--seconds", type=float, default=5.0, help="timing window per variant")
     i.add_argument("--no-fold-bn", dest="fold_bn", action="store_false")
     for k in (t, i):
-        k.add_argument("--threads", type=int, help="torch threads (default: all cores)")
         k.add_argument("--no-compile", dest="compile", action="store_false")
+    e = kinds.add_parser("eval", help="one whole evaluation of the CIFAR-10 test set (or the sample), end to end")
+    e.add_argument("--data-dir", help="CIFAR-10 folder (default: the embedded sample)")
+    e.add_argument("--model", default="resnet20", help="architecture at random initialisation (or --checkpoint)")
+    e.add_argument("--checkpoint", help="a trained checkpoint, run folder or weights name: top-1 is then compared")
+    e.add_argument("--batch-size", type=int, default=250, help="for both sides")
+    e.add_argument("--compile", dest="compile", action="store_true", default=None, help="default: as resnetkit eval")
+    e.add_argument("--no-compile", dest="compile", action="store_false")
+    for k in (t, i, e):
+        k.add_argument("--threads", type=int, help="torch threads (default: all cores)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
 
         ds = load_cifar(args.data_dir, "cifar10", "train", progress=False) if args.data_dir else load_sample("train")
         result = bench_train(ds.images, ds.labels, model_name=args.model, batch_size=args.batch_size,
-                             steps=args.steps, compile=args.compile)  # fmt: skip
+                             steps=args.steps, compile=args.compile, amp=args.amp)  # fmt: skip
+    elif args.bench == "eval":
+        result = _bench_eval(args)
     else:
         result = bench_infer(args.model, batch_size=args.batch_size, seconds=args.seconds, compile=args.compile,
                              fold_bn=args.fold_bn)  # fmt: skip
@@ -46,7 +57,41 @@ def run(args: argparse.Namespace) -> int:
                                r["baseline_latency_ms"]), ("resnetkit", r["images_per_sec"], r["gflops_per_sec"],
                                                           r["latency_ms"])):  # fmt: skip
         print(f"{who:<12}{ips:>10.1f}{gf:>10.1f}" + (f"{lat:>12.2f}" if lat else ""))
-    print(f"ratio {r['ratio']:.2f}x  (compiled: {r['compiled']}, threads: {r['threads']}"
+    amp = ", bf16 autocast" if (r["extra"] or {}).get("amp") else ""
+    print(f"ratio {r['ratio']:.2f}x  (compiled: {r['compiled']}{amp}, threads: {r['threads']}"
           + (f", max |diff| {r['max_abs_diff']:.2e})" if r["max_abs_diff"] is not None else ")"))  # fmt: skip
+    if r["bench"] == "eval":
+        x = r["extra"]
+        print(
+            f"{x['n']} images: baseline {x['baseline_seconds']:.1f} s, resnetkit {x['seconds']:.1f} s; second pass "
+            f"{x['warm_baseline_images_per_sec']:.0f} vs {x['warm_images_per_sec']:.0f} img/s "
+            f"({x['warm_ratio']:.2f}x); top-1 {100 * x['baseline_top1']:.2f}% vs {100 * x['top1']:.2f}%"
+        )
     print(json.dumps(r))
     return 0
+
+
+def _bench_eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from resnetkit.bench.run import bench_eval
+    from resnetkit.data.cifar import load_cifar, load_sample
+    from resnetkit.inference import load_for_inference
+    from resnetkit.models import create_model
+    from resnetkit.transforms import preprocessing_for
+
+    ds = load_cifar(args.data_dir, "cifar10", "test", progress=False) if args.data_dir else load_sample("test")
+    if args.checkpoint:
+        from resnetkit.errors import DataError
+
+        model, pre, classes = load_for_inference(args.checkpoint)
+        if pre.kind != "cifar" or pre.size != 32 or len(classes) != len(ds.classes):
+            raise DataError(f"{args.checkpoint} is not a 32x32, {len(ds.classes)}-class CIFAR model: bench eval "
+                            "runs the CIFAR-10 test set")  # fmt: skip
+        name = args.checkpoint
+    else:
+        import torch
+
+        torch.manual_seed(0)
+        model = create_model(args.model, num_classes=len(ds.classes))
+        pre, name = preprocessing_for(model.default_cfg, "cifar"), args.model
+    return bench_eval(ds.images, ds.labels, model, pre, model_name=name, batch_size=args.batch_size,
+                      compile=args.compile)  # fmt: skip
