@@ -64,9 +64,8 @@ def test_degradation_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys) -> None
 def test_degradation_recipes_and_bad_input(tmp_path: Path, capsys) -> None:
     cpu, full = (degradation_configs(out=tmp_path, full=f, data_dir="/data") for f in (False, True))
     assert [c.model for c in cpu] == ["plain20", "plain56", "resnet20", "resnet56"]
-    assert {(c.lr, c.momentum, c.weight_decay, c.batch_size, c.augment) for c in cpu + full} == {
-        (0.1, 0.9, 1e-4, 128, "cifar")
-    }
+    assert {(c.lr, c.momentum, c.weight_decay, c.augment) for c in cpu + full} == {(0.1, 0.9, 1e-4, "cifar")}
+    assert {(c.batch_size, c.warmup_epochs) for c in cpu} == {(64, 2.0)} and full[0].batch_size == 128
     assert cpu[0].train_subset == 4000 and cpu[0].epochs == 10 and cpu[0].out == str(tmp_path / "plain20")
     assert full[0].train_subset is None and full[0].max_steps == 64000 and full[0].schedule == "paper"
     assert degradation_configs(out=tmp_path, train_subset=0)[0].train_subset is None

@@ -155,6 +155,7 @@ def run_gradflow(
         if len(ds.classes) != model.num_classes:
             model.reset_classifier(len(ds.classes))
         x_probe, y_probe = pre.eval_batch(ds.images[:probe_size]), ds.labels[:probe_size]
+        model.to(memory_format=torch.channels_last)  # the fast path's layout: same numbers, about twice as fast here
         optimizer = build_sgd(model, lr, 0.9, 1e-4, nesterov=False, no_decay_bn_bias=False)
         batches = _endless(BatchLoader(ds, pre, batch_size=batch_size, train=True, seed=seed))
         step = 0
