@@ -16,7 +16,7 @@ from resnetkit.data.loader import BatchLoader
 from resnetkit.engine.fastpath import should_compile, speed_up_for_inference
 from resnetkit.engine.predictions import Predictions, collect_logits
 from resnetkit.errors import DataError
-from resnetkit.models import create_model
+from resnetkit.models import count_macs, create_model
 from resnetkit.transforms import Preprocessing, center_crop, preprocessing_for
 from resnetkit.weights.registry import get_weights, is_weights_name
 
@@ -80,7 +80,7 @@ def predict_split(
     if list(ds.classes) != classes:
         raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
     if compile is None:
-        compile = should_compile(len(ds), model, tuple(ds.images.shape[1:2]) + (pre.size, pre.size))
+        compile = should_compile(len(ds), count_macs(model, (ds.images.shape[1], pre.size, pre.size)))
     model = speed_up_for_inference(model, compile=compile)
     loader = BatchLoader(ds, pre, batch_size=batch_size, train=False)
     logits, labels = collect_logits(model, loader, tta_flip=tta_flip)

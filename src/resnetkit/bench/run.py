@@ -19,7 +19,12 @@ from resnetkit.bench.baseline import (
     standard_train_steps,
 )
 from resnetkit.data.loader import BatchLoader
-from resnetkit.engine.fastpath import CompiledOrEager, should_compile, speed_up_for_inference, speed_up_for_training
+from resnetkit.engine.fastpath import (
+    CompiledOrEager,
+    should_compile,
+    speed_up_for_inference,
+    speed_up_for_training,
+)
 from resnetkit.engine.loop import train_step
 from resnetkit.engine.predictions import collect_logits
 from resnetkit.models import count_macs, create_model
@@ -139,8 +144,10 @@ def bench_eval(
     from resnetkit.data.datasets import ImageTensorDataset
 
     n = len(labels)
-    compile = should_compile(n, model, tuple(images.shape[1:2]) + (pre.size, pre.size)) if compile is None else compile
     model = model.eval()
+    macs = count_macs(model, (images.shape[1], pre.size, pre.size))
+    flops = 2 * macs
+    compile = should_compile(n, macs) if compile is None else compile
     baseline_model = copy.deepcopy(model)
     dataset = ImageTensorDataset(images, labels, [str(i) for i in range(int(labels.max()) + 1)])
 
@@ -167,7 +174,6 @@ def bench_eval(
     extra = {"n": n, "warm_images_per_sec": warm["resnetkit"], "warm_baseline_images_per_sec": warm["baseline"],
              "warm_ratio": warm["resnetkit"] / warm["baseline"], "top1": top1["resnetkit"],
              "baseline_top1": top1["baseline"], "seconds": ours_s, "baseline_seconds": base_s}  # fmt: skip
-    flops = 2 * count_macs(model, tuple(images.shape[1:]))
     ours_ips, base_ips = n / ours_s, n / base_s
     compiled = isinstance(fast, CompiledOrEager) and fast.compiled
     diff = float((logits - base_logits).abs().max())

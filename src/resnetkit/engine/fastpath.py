@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from resnetkit.models.blocks import _Block
-from resnetkit.models.complexity import count_macs
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +105,7 @@ def speed_up_for_inference(model: nn.Module, *, fold_bn: bool = True, compile: b
 COMPILE_EVAL_MACS = 2e13
 
 
-def should_compile(images: int, model: nn.Module, input_size: Sequence[int]) -> bool:
-    """Whether a frozen compiled graph pays for itself on `images` images (see COMPILE_EVAL_MACS)."""
-    return images * count_macs(model, input_size) >= COMPILE_EVAL_MACS  # one image's forward, in eval mode
+def should_compile(images: int, macs_per_image: int) -> bool:
+    """Whether a frozen compiled graph pays for itself on `images` images of `macs_per_image` multiply-accumulates
+    each (`models.count_macs`; see COMPILE_EVAL_MACS)."""
+    return images * macs_per_image >= COMPILE_EVAL_MACS
