@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from resnetkit.cli.main import main
-from resnetkit.config import ConfigError
+from resnetkit.config import ConfigError, TrainConfig
+from resnetkit.data.factory import load_training_data
 from resnetkit.experiments import Curve, degradation_configs, findings
 from resnetkit.experiments.degradation import weighted_depth
 from resnetkit.explain.gradflow import measure_flow, record_activations, run_gradflow, units, write_gradflow
 from resnetkit.models import create_model
+from resnetkit.transforms import DataConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,7 +35,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_degradation_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys) -> None:
     args = ["experiment", "degradation", "--data", "sample", "--models", "plain20", "resnet20", "--epochs", "2",
-            "--train-subset", "128", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+            "--train-subset", "128", "--test-subset", "100", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     assert f"figure: {tmp_path / 'degradation.png'}   data: {tmp_path / 'degradation.csv'}" in out
@@ -44,6 +46,7 @@ def test_degradation_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys) -> None
     ]
     for model in ("plain20", "resnet20"):  # ordinary runs: one recipe, the model aside
         history = [json.loads(line) for line in (tmp_path / model / "metrics.jsonl").read_text().splitlines()]
+        assert {h["test_n"] for h in history} == {100}
         assert [float(r["train_error"]) for r in rows if r["model"] == model] == pytest.approx(
             [100 * (1 - h["train_top1"]) for h in history], abs=1e-3
         )
@@ -73,6 +76,20 @@ def test_degradation_recipes_and_bad_input(tmp_path: Path, capsys) -> None:
         degradation_configs(["resnet20"], out=tmp_path)
     code, _, err = cli(capsys, "experiment", "degradation", "--models", "plain20", "resnet21", "--out", str(tmp_path))
     assert code == 2 and "unknown model 'resnet21'" in err and err.count("\n") == 1
+
+
+def test_test_subset_is_one_draw_for_every_run_and_seed() -> None:
+    pre = DataConfig((3, 32, 32), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    full = load_training_data(TrainConfig(data="sample"), pre).test
+    drawn = [load_training_data(TrainConfig(data="sample", test_subset=120, seed=s), pre).test for s in (0, 1)]
+    assert len(drawn[0]) == 120 and torch.equal(drawn[0].images, drawn[1].images)
+    assert torch.equal(drawn[0].labels, drawn[1].labels) and drawn[0].info["test_subset"] == 120
+    matches = (drawn[0].images.flatten(1)[:, None] == full.images.flatten(1)[None]).all(-1)
+    assert matches.any(1).all()  # images of the test set, each once, in the set's order
+    assert (matches.float().argmax(1).diff() > 0).all()
+    assert len(load_training_data(TrainConfig(data="sample", test_subset=0), pre).test) == len(full) == 500
+    with pytest.raises(ConfigError, match="test_subset must be 0 \\(all images\\) or more, got -1"):
+        TrainConfig(data="sample", test_subset=-1)
 
 
 def test_findings_compare_the_shallow_and_the_deep_net_of_each_kind() -> None:

@@ -40,6 +40,7 @@ class TrainConfig:
     val_size: int = 0  # images held out of the training set for validation (5000 = the paper's 45k/5k split)
     val_fraction: float = 0.1  # image folders without a val/ folder
     train_subset: int | None = None
+    test_subset: int | None = None  # images of the held-out set evaluated each epoch (a fixed draw); None: all
     augment: str = "auto"
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     cutout: int = 0
@@ -86,6 +87,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("train_subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be 0 (all images) or more, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.dist_timeout <= 0:

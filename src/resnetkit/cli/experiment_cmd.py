@@ -14,6 +14,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     d.add_argument("--models", nargs="+", metavar="MODEL", help="default: plain20 plain56 resnet20 resnet56")
     d.add_argument("--epochs", type=int, help="default: 10 (CPU budget) or the paper's 64k iterations with --full")
     d.add_argument("--train-subset", type=int, help="training images (default 4000; 0: all); --full: all")
+    d.add_argument("--test-subset", type=int, help="test images scored each epoch (default 2000; 0: all); --full: all")
     d.add_argument("--full", action="store_true", help="the paper's budget: all 50k images, 64k iterations")
     d.add_argument("--seed", type=int)
     d.add_argument("--device")
@@ -43,6 +44,7 @@ def _degradation(args: argparse.Namespace) -> int:
 
     configs = degradation_configs(
         args.models or DEFAULT_MODELS, out=args.out, full=args.full, epochs=args.epochs, train_subset=args.train_subset,
+        test_subset=args.test_subset,
         data=args.data, data_dir=args.data_dir, download=args.download, seed=args.seed, device=args.device,
         threads=args.threads, progress=args.progress,
     )  # fmt: skip

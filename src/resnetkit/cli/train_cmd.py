@@ -21,6 +21,7 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--lr": ("lr", float),
     "--max-steps": ("max_steps", int),
     "--train-subset": ("train_subset", int),
+    "--test-subset": ("test_subset", int),
     "--seed": ("seed", int),
     "--device": ("device", str),
     "--out": ("out", str),

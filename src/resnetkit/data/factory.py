@@ -88,6 +88,10 @@ def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
     if cfg.train_subset:
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
         train = train.subset(order[: cfg.train_subset], train_subset=cfg.train_subset)
+    if cfg.test_subset and cfg.test_subset < len(test):
+        # One draw for every run and seed, so that runs compared with each other are scored on the same images.
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+        test = test.subset(order[: cfg.test_subset].sort().values, test_subset=cfg.test_subset)
     return TrainingData(train, test, list(train.classes), pre, val)
 
 

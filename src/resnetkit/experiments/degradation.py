@@ -70,6 +70,7 @@ def degradation_configs(
     full: bool = False,
     epochs: int | None = None,
     train_subset: int | None = None,
+    test_subset: int | None = None,
     **options: Any,
 ) -> list[TrainConfig]:
     """One TrainConfig per model, identical except for the model and its run folder `out/<model>`.
@@ -80,10 +81,11 @@ def degradation_configs(
     base = dict(load_yaml(FULL_RECIPE)) if full else dict(CPU_RECIPE)
     if epochs is not None:
         base["epochs"] = epochs
-    if train_subset is not None:
-        if train_subset < 0:
-            raise ConfigError(f"--train-subset must be 0 (all images) or more, got {train_subset}")
-        base["train_subset"] = train_subset or None
+    for key, value in (("train_subset", train_subset), ("test_subset", test_subset)):
+        if value is not None:
+            if value < 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must be 0 (all images) or more, got {value}")
+            base[key] = value or None
     base.update({k: v for k, v in options.items() if v is not None})
     for name in models:
         get_model_entry(name)  # an unknown name fails before any training
