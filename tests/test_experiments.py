@@ -35,7 +35,8 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 def test_degradation_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys) -> None:
     args = ["experiment", "degradation", "--data", "sample", "--models", "plain20", "resnet20", "--epochs", "2",
-            "--train-subset", "128", "--test-subset", "100", "--out", str(tmp_path), "--no-progress"]  # fmt: skip
+            "--train-subset", "128", "--test-subset", "100", "--set", "warmup_epochs=1", "--out", str(tmp_path),
+            "--no-progress"]  # fmt: skip
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     assert f"figure: {tmp_path / 'degradation.png'}   data: {tmp_path / 'degradation.csv'}" in out
@@ -54,7 +55,7 @@ def test_degradation_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys) -> None
             [100 * (1 - h["test_top1"]) for h in history], abs=1e-3
         )
     configs = [(tmp_path / m / "config.yaml").read_text().replace(m, "MODEL") for m in ("plain20", "resnet20")]
-    assert configs[0] == configs[1]
+    assert configs[0] == configs[1] and "warmup_epochs: 1.0\n" in configs[0]
     before = (tmp_path / "plain20" / "checkpoints" / "last.pt").stat().st_mtime_ns
     code, again, err = cli(capsys, *args)  # finished runs are reused, not trained again
     assert code == 0, err
@@ -76,6 +77,13 @@ def test_degradation_recipes_and_bad_input(tmp_path: Path, capsys) -> None:
         degradation_configs(["resnet20"], out=tmp_path)
     code, _, err = cli(capsys, "experiment", "degradation", "--models", "plain20", "resnet21", "--out", str(tmp_path))
     assert code == 2 and "unknown model 'resnet21'" in err and err.count("\n") == 1
+    assert degradation_configs(out=tmp_path, amp=True, test_subset=500)[3].amp is True
+    for bad, message in ((["--set", "out=elsewhere"], "--set out: use --out instead"),
+                         (["--set", "warmup=1"], "unknown key 'warmup' in experiment; did you mean 'warmup_"),
+                         (["--set", "amp"], "--set expects KEY=VALUE, got 'amp'")):  # fmt: skip
+        code, _, err = cli(capsys, "experiment", "degradation", *bad, "--out", str(tmp_path / "x"))
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "x").exists()
 
 
 def test_test_subset_is_one_draw_for_every_run_and_seed() -> None:

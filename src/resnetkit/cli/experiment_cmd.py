@@ -14,12 +14,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     d.add_argument("--models", nargs="+", metavar="MODEL", help="default: plain20 plain56 resnet20 resnet56")
     d.add_argument("--epochs", type=int, help="default: 10 (CPU budget) or the paper's 64k iterations with --full")
     d.add_argument("--train-subset", type=int, help="training images (default 4000; 0: all); --full: all")
-    d.add_argument("--test-subset", type=int, help="test images scored each epoch (default 2000; 0: all); --full: all")
+    d.add_argument("--test-subset", type=int, help="test images scored each epoch (default: all 10,000)")
     d.add_argument("--full", action="store_true", help="the paper's budget: all 50k images, 64k iterations")
     d.add_argument("--seed", type=int)
     d.add_argument("--device")
     d.add_argument("--threads", type=int)
     d.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other training key for every model (YAML value), e.g. --set amp=true")  # fmt: skip
     g = kinds.add_parser("gradflow", help="per-layer gradient norms and activations, plain vs residual")
     g.add_argument("--models", nargs="+", metavar="MODEL", help="default: plain56 resnet56 plain110 resnet110")
     g.add_argument("--steps", default="0,100,500", help="training steps at which to measure (0: initialisation)")
@@ -40,14 +42,19 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _degradation(args: argparse.Namespace) -> int:
+    from resnetkit.cli.train_cmd import parse_set_pairs
+    from resnetkit.config import ConfigError
     from resnetkit.experiments import DEFAULT_MODELS, degradation_configs, findings, run_degradation, write_degradation
 
-    configs = degradation_configs(
-        args.models or DEFAULT_MODELS, out=args.out, full=args.full, epochs=args.epochs, train_subset=args.train_subset,
-        test_subset=args.test_subset,
-        data=args.data, data_dir=args.data_dir, download=args.download, seed=args.seed, device=args.device,
-        threads=args.threads, progress=args.progress,
-    )  # fmt: skip
+    options = dict(epochs=args.epochs, train_subset=args.train_subset, test_subset=args.test_subset, data=args.data,
+                   data_dir=args.data_dir, download=args.download, seed=args.seed, device=args.device,
+                   threads=args.threads, progress=args.progress)  # fmt: skip
+    pairs = parse_set_pairs(args.set)
+    for key, flag in (("model", "--models"), ("out", "--out"), ("full", "--full")):
+        if key in pairs:
+            raise ConfigError(f"--set {key}: use {flag} instead")
+    options.update(pairs)
+    configs = degradation_configs(args.models or DEFAULT_MODELS, out=args.out, full=args.full, **options)
     curves = run_degradation(configs)
     budget = "paper budget" if args.full else f"{configs[0].epochs} epochs, {configs[0].train_subset or 'all'} images"
     csv_path, png = write_degradation(curves, args.out, title=f"{configs[0].data}, {budget}")

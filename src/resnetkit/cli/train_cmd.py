@@ -67,7 +67,13 @@ def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress", "compile", "sync_bn"]
     keys += [k for k in FINETUNE_KEYS if hasattr(args, k)]
     values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    for pair in args.set:
+    return {**values, **parse_set_pairs(args.set)}
+
+
+def parse_set_pairs(pairs: list[str]) -> dict[str, Any]:
+    """`--set KEY=VALUE` pairs as config keys and YAML values (later pairs win)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set expects KEY=VALUE, got {pair!r}")

@@ -76,6 +76,8 @@ def degradation_configs(
     """One TrainConfig per model, identical except for the model and its run folder `out/<model>`.
 
     `options` are further TrainConfig keys shared by all runs (data, data_dir, download, seed, device, ...)."""
+    if "model" in options:
+        raise ConfigError("the models are chosen with --models, not the model key")
     if len(models) < 2:
         raise ConfigError("the degradation experiment needs at least two models (e.g. plain20 plain56)")
     base = dict(load_yaml(FULL_RECIPE)) if full else dict(CPU_RECIPE)
