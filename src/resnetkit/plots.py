@@ -181,6 +181,8 @@ def plot_degradation(curves: Sequence[dict[str, Any]], path: str | Path, title: 
 
     Each curve: {"model", "plain", "depth", "epochs", "train_error", "test_error"} (errors in %)."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True, sharey=True)
     depths = sorted({c["depth"] for c in curves})
     for ax, plain in zip(axes, (True, False), strict=True):
@@ -189,6 +191,7 @@ def plot_degradation(curves: Sequence[dict[str, Any]], path: str | Path, title: 
             ax.plot(c["epochs"], c["train_error"], "--", color=colour, linewidth=1.2, label=f"{c['model']} train")
             ax.plot(c["epochs"], c["test_error"], "-", color=colour, linewidth=1.8, label=f"{c['model']} test")
         ax.set(xlabel="epoch", title="plain networks" if plain else "residual networks")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("error (%)")

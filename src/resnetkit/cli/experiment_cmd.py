@@ -12,9 +12,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     kinds = p.add_subparsers(dest="experiment", required=True, metavar="EXPERIMENT")
     d = kinds.add_parser("degradation", help="train plain and residual nets of two depths; draw Fig. 6")
     d.add_argument("--models", nargs="+", metavar="MODEL", help="default: plain20 plain56 resnet20 resnet56")
-    d.add_argument("--epochs", type=int, help="default: 10 (CPU budget) or the paper's 64k iterations with --full")
-    d.add_argument("--train-subset", type=int, help="training images (default 4000; 0: all); --full: all")
-    d.add_argument("--test-subset", type=int, help="test images scored each epoch (default: all 10,000)")
+    d.add_argument("--epochs", type=int, help="default: 4 (CPU budget) or the paper's 64k iterations with --full")
+    d.add_argument("--train-subset", type=int, help="training images (default 40,000; 0: all 50,000); --full: all")
+    d.add_argument("--test-subset", type=int, help="test images scored each epoch (default 2,000; 0: all); --full: all")
     d.add_argument("--full", action="store_true", help="the paper's budget: all 50k images, 64k iterations")
     d.add_argument("--seed", type=int)
     d.add_argument("--device")
@@ -56,7 +56,9 @@ def _degradation(args: argparse.Namespace) -> int:
     options.update(pairs)
     configs = degradation_configs(args.models or DEFAULT_MODELS, out=args.out, full=args.full, **options)
     curves = run_degradation(configs)
-    budget = "paper budget" if args.full else f"{configs[0].epochs} epochs, {configs[0].train_subset or 'all'} images"
+    images = f"{configs[0].train_subset:,}" if configs[0].train_subset else "all"
+    budget = "paper budget" if args.full else f"{configs[0].epochs} epochs, {images} images"
+    budget += ", bf16" if configs[0].amp else ""
     csv_path, png = write_degradation(curves, args.out, title=f"{configs[0].data}, {budget}")
     for f in findings(curves):
         kind = "plain" if f["plain"] else "residual"
