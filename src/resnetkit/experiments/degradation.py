@@ -88,9 +88,7 @@ def degradation_configs(
     if epochs is not None:
         base["epochs"] = epochs
     for key, value in (("train_subset", train_subset), ("test_subset", test_subset)):
-        if value is not None:
-            if value < 0:
-                raise ConfigError(f"--{key.replace('_', '-')} must be 0 (all images) or more, got {value}")
+        if value is not None:  # 0: all images; a negative count is refused by TrainConfig
             base[key] = value or None
     base.update({k: v for k, v in options.items() if v is not None})
     if not full and "amp" not in base:
