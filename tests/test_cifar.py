@@ -188,6 +188,10 @@ def test_missing_folder_and_files_say_how_to_download(cifar_bin: Path, tmp_path:
         load_cifar(tmp_path / "nope")
     with pytest.raises(DataError, match=r"holds neither train\.bin nor a cifar-100-binary folder; pass --download"):
         load_cifar(tmp_path, "cifar100")
+    (tmp_path / "a_file").write_text("x")
+    for download in (False, True):  # a download would have nowhere to go: refused before fetching anything
+        with pytest.raises(DataError, match=r"^cifar10 not found: .*a_file is not a folder$"):
+            load_cifar(tmp_path / "a_file", download=download, base_url="http://127.0.0.1:9/")
     partial = tmp_path / "partial"
     partial.mkdir()
     for name in ("test_batch.bin", "batches.meta.txt"):

@@ -25,6 +25,7 @@ from resnetkit.transforms import preprocessing_for
 from conftest import REPO, shared_data
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
+FAULTS = Path(__file__).with_name("faults.py")  # the real CLI with step callbacks that inject faults
 SAMPLE_RUN = ["--data", "sample", "--model", "resnet20", "--no-progress", "--set", "dist_timeout=120"]
 
 
@@ -143,12 +144,12 @@ def test_two_processes_follow_one_process(tmp_path: Path) -> None:
 def test_lost_worker_is_restarted_and_the_run_resumes(tmp_path: Path) -> None:
     """torchrun --max-restarts 1: rank 1 dies (SIGKILL) at step 12; the restart resumes from the step-10
     checkpoint and ends with exactly the weights of an undisturbed 2-process run."""
-    args = ["-m", "resnetkit", "train", *SAMPLE_RUN, "--batch-size", "64", "--max-steps", "30"]
+    args = [str(FAULTS), "train", *SAMPLE_RUN, "--batch-size", "64", "--max-steps", "30"]
     args += ["--checkpoint-every", "5", "--sync-bn"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     result = torchrun(2, *args, "--out", str(clean))
     assert result.returncode == 0, result.stderr[-3000:]
-    result = torchrun(2, *args, "--out", str(killed), restarts=1, RESNETKIT_KILL_AT_STEP="12")
+    result = torchrun(2, *args, "--out", str(killed), restarts=1, FAULT_KILL_AT="12")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "restart 1: continuing from" in result.stderr and "exitcode: -9" in result.stderr  # SIGKILL
     a, b = _last(clean), _last(killed)

@@ -214,11 +214,15 @@ def test_explain_writes_one_overlay_per_image(checkpoint: Path, tmp_path: Path, 
     assert "a.png: predicted" not in stdout and stdout.startswith(str(images[0]))
 
 
+GREY = "is a greyscale image (mode L); the model takes colour (RGB)"
+TINY = "is 8x8; the model takes 32x32 images and needs at least 16x16"
+
+
 @pytest.mark.parametrize(
     ("make", "extra", "message"),
     [
-        (lambda d: _image(d / "grey.png", "L"), [], "is a greyscale image (mode L); the model takes colour (RGB)"),
-        (lambda d: _image(d / "tiny.png", size=8), [], "is 8x8; the model takes 32x32 images and needs at least 16x16"),
+        (lambda d: _image(d / "grey.png", "L"), ["--strict"], GREY),
+        (lambda d: _image(d / "tiny.png", size=8), ["--strict"], TINY),
         (lambda d: _image(d / "ok.png"), ["--layer", "layer9"], "unknown layer 'layer9'; valid layers: conv1, bn1"),
         (lambda d: _image(d / "ok.png"), ["--class", "unicorn"], "unknown class 'unicorn'; the model's classes: "),
         (lambda d: d / "missing.png", [], "missing.png does not exist"),
@@ -231,3 +235,13 @@ def test_explain_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, 
     assert code == 2 and message in err
     assert err.startswith("resnetkit: error: ") and err.strip().count("\n") == 0
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_refused_images_are_reported_and_the_others_explained(checkpoint, tmp_path, capsys) -> None:
+    images = [_image(tmp_path / "grey.png", "L"), _image(tmp_path / "ok.png"), _image(tmp_path / "tiny.png", size=8)]
+    code, stdout, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), *map(str, images), "--out",
+                            str(tmp_path / "o"))  # fmt: skip
+    assert code == 3 and stdout.startswith(f"{images[1]}: ") and stdout.count("\n") == 1
+    assert err.splitlines() == [f"resnetkit: warning: {images[0]} {GREY} images",
+                                f"resnetkit: warning: {images[2]} {TINY}"]  # fmt: skip
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["ok-cam.png"]

@@ -16,6 +16,7 @@ from resnetkit.engine.fastpath import (
     has_fast_bf16,
     should_compile,
     speed_up_for_inference,
+    speed_up_for_training,
 )
 from resnetkit.models import count_macs
 from resnetkit.transforms import random_crop, random_flip
@@ -66,6 +67,31 @@ def test_compiled_frozen_and_folded_model_equals_eager() -> None:
         out = fast(x.contiguous(memory_format=torch.channels_last))
     assert isinstance(fast, CompiledOrEager) and fast.compiled
     assert float((out - ref).abs().max()) < 1e-4
+
+
+@pytest.mark.slow
+def test_an_evaluation_compile_freezes_its_own_graph_only() -> None:
+    """Issue 13: the frozen evaluation graph must not leave inductor's freezing on for a later training compile."""
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    evaluated = speed_up_for_inference(resnetkit.create_model("resnet20").eval())
+    with torch.no_grad():
+        before = evaluated(x)
+        evaluated.module.fc.weight.mul_(2)  # frozen: the weights are constants of the compiled graph
+        assert torch.equal(evaluated(x), before) and evaluated.compiled
+    assert inductor_config.freezing is False
+    model = resnetkit.create_model("resnet20")
+    trained = speed_up_for_training(model, compile=True)
+    model.eval()
+    with torch.no_grad():  # freezing acts on graphs compiled without grad: where a leak would show
+        before = trained(x)
+        model.fc.weight.mul_(2)  # what an optimiser step does: the next forward must see it
+        after = trained(x)
+    assert trained.compiled and not torch.equal(after, before)
+    torch.testing.assert_close(after, model(x))
+    torch._dynamo.reset()
 
 
 @pytest.mark.slow

@@ -12,7 +12,14 @@ import torch
 from PIL import Image
 
 from resnetkit.data import folder
-from resnetkit.data.folder import list_image_files, load_image, load_image_folder, scan_image_folder
+from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.data.folder import (
+    list_image_files,
+    load_image,
+    load_image_folder,
+    load_image_folder_split,
+    scan_image_folder,
+)
 from resnetkit.errors import DataError, ResnetkitError
 
 from conftest import shared_data
@@ -270,6 +277,62 @@ def test_held_out_split_needs_two_images_per_class(tmp_path: Path) -> None:
     root = _make_classes(tmp_path, {"a": 3, "b": 1})
     with pytest.raises(DataError, match="class 'b' has 1 image"):
         load_image_folder(root, size=8, progress=False)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One part of a folder, for evaluation (issue 13)
+
+
+def _part(root: Path, split: str, trained_on: bool) -> ImageTensorDataset:
+    return load_image_folder_split(root, split, size=8, trained_on=trained_on, val_fraction=0.25, progress=False)
+
+
+def test_class_folders_a_model_was_not_trained_on_are_scored_whole(tmp_path: Path) -> None:
+    root = _make_classes(tmp_path, {"a": 4, "b": 3})
+    every = [f"a/{i:03d}.png" for i in range(4)] + [f"b/{i:03d}.png" for i in range(3)]
+    for split in ("test", "val", "all"):
+        part = _part(root, split, trained_on=False)
+        assert part.info["files"] == every and part.info["split"] == "all" and len(part) == 7
+        _assert_labels_match_pixels(part.images, part.labels)
+    with pytest.raises(DataError, match=r"has class sub-folders only .* no training part; split 'all'") as info:
+        _part(root, "train", trained_on=False)
+    assert str(root) in str(info.value)
+
+
+def test_class_folders_a_model_was_trained_on_keep_their_held_out_split(tmp_path: Path) -> None:
+    root = _make_classes(tmp_path, {"a": 4, "b": 4})
+    train, val = load_image_folder(root, size=8, val_fraction=0.25, progress=False)
+    for split in ("test", "val"):
+        part = _part(root, split, trained_on=True)
+        assert part.info["files"] == val.info["held_out"] and part.info["split"] == "val" and len(part) == 2
+    assert _part(root, "train", trained_on=True).info["files"] == train.info["files"]
+    assert len(_part(root, "all", trained_on=True)) == 8
+
+
+@pytest.mark.parametrize("trained_on", [True, False])
+def test_a_train_val_folder_gives_the_part_asked_for(tmp_path: Path, trained_on: bool) -> None:
+    _make_classes(tmp_path / "train", {"a": 3, "b": 2})
+    _make_classes(tmp_path / "val", {"a": 1, "b": 2})
+    (tmp_path / "val" / "a" / "notes.txt").write_text("x")
+    val = _part(tmp_path, "test", trained_on)
+    assert val.info["files"] == ["val/a/000.png", "val/b/000.png", "val/b/001.png"] and val.info["folder"] == "val"
+    assert _part(tmp_path, "train", trained_on).info["files"][0] == "train/a/000.png"
+    every = _part(tmp_path, "all", trained_on)
+    assert len(every) == 8 and every.info["split"] == "all" and every.info["parts"] == ["train", "val"]
+    assert every.info["files"][:3] == ["train/a/000.png", "train/a/001.png", "train/a/002.png"]
+    assert every.info["files"][-3:] == val.info["files"] and every.info["not_images"] == ["val/a/notes.txt"]
+    assert every.info["class_counts"] == {"a": 4, "b": 4}
+    _assert_labels_match_pixels(every.images, every.labels)
+
+
+def test_folder_split_errors(tmp_path: Path) -> None:
+    root = _make_classes(tmp_path / "data", {"a": 2, "b": 2})
+    with pytest.raises(DataError, match=r"unknown split 'tset' for an image folder; choose from train, val, test, all"):
+        _part(root, "tset", trained_on=False)
+    (tmp_path / "file.png").write_bytes(b"x")
+    for call in (lambda: _part(tmp_path / "file.png", "all", False), lambda: scan_image_folder(tmp_path / "file.png")):
+        with pytest.raises(DataError, match=r"^image folder .*file\.png is not a folder$"):
+            call()
 
 
 # ---------------------------------------------------------------------------------------------------------

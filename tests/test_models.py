@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import resnetkit
-from resnetkit.models.blocks import _Block
+from resnetkit.models import ResidualBlock
 
 ALL = resnetkit.list_models()
 HEAVY = {"resnet1202", "preact_resnet1001", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d"}
@@ -45,7 +45,7 @@ def test_registry_covers_the_issue_and_refuses_duplicates() -> None:
     }  # fmt: skip
     assert wanted <= set(ALL)
     assert resnetkit.list_models("resnext*") == ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"]
-    from resnetkit._registry import register_model
+    from resnetkit.model_registry import register_model
 
     with pytest.raises(ValueError, match="already registered"):
         register_model("resnet50", lambda: None, family="x", description="x")
@@ -70,7 +70,7 @@ def test_model_api_reset_classifier_and_default_cfg() -> None:
 @pytest.mark.parametrize(("name", "blocks"), [("resnet20", 9), ("plain20", 0), ("preact_resnet110", 54)])
 def test_plain_nets_have_no_shortcut(name: str, blocks: int) -> None:
     model = resnetkit.create_model(name)
-    all_blocks = [m for m in model.modules() if isinstance(m, _Block)]
+    all_blocks = [m for m in model.modules() if isinstance(m, ResidualBlock)]
     assert sum(b.has_shortcut for b in all_blocks) == blocks
     if blocks == 0:
         assert all(b.downsample is None for b in all_blocks)

@@ -8,13 +8,13 @@ from torch import nn
 
 import resnetkit
 from resnetkit.layers import DropPath, FrozenBatchNorm2d, OptionAShortcut
-from resnetkit.models.blocks import _Block
+from resnetkit.models import ResidualBlock
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet20", "preact_resnet110", "preact_resnet50"])
 def test_zero_init_residual_makes_every_block_start_as_identity(name: str) -> None:
     model = resnetkit.create_model(name, zero_init_residual=True).eval()
-    blocks = [m for m in model.modules() if isinstance(m, _Block) and m.downsample is None]
+    blocks = [m for m in model.modules() if isinstance(m, ResidualBlock) and m.downsample is None]
     x = torch.rand(1, blocks[0].conv1.in_channels, 8, 8)
     for block in blocks[:2]:
         expected = x if block.preact else torch.relu(x)
@@ -83,7 +83,7 @@ def test_norm_layer_unknown_name() -> None:
 
 def test_shortcut_options() -> None:
     def downsamples(model: nn.Module) -> list:
-        return [m.downsample for m in model.modules() if isinstance(m, _Block)]
+        return [m.downsample for m in model.modules() if isinstance(m, ResidualBlock)]
 
     a = downsamples(resnetkit.create_model("resnet20"))
     assert sum(isinstance(d, OptionAShortcut) for d in a) == 2 and a.count(None) == 7

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,7 +26,8 @@ def test_shipped_weights_load_offline_by_name_and_match_their_hash() -> None:
     entry = get_weights("resnet20.rk_cifar10")
     assert entry.shipped and sha256_file(SHIPPED / entry.url) == entry.sha256
     model = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10")
-    assert model.num_classes == 10 and model.default_cfg == entry.data_config
+    assert model.num_classes == 10 and entry.data_config.first_conv is None  # the weights name no modules
+    assert model.default_cfg == replace(entry.data_config, first_conv="conv1", classifier="fc")  # the model does
     assert model.pretrained_cfg.classes[3] == "cat"
 
 

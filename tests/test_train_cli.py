@@ -12,8 +12,12 @@ import pytest
 import torch
 
 from resnetkit.cli.main import main
+from resnetkit.engine import runner
 
+import faults
 from conftest import REPO, shared_data
+
+FAULTS = Path(faults.__file__)
 
 QUIET = ["-q"]
 TINY = ["--no-progress", "--batch-size", "32", "--train-subset", "128", "--threads", "2"]
@@ -98,11 +102,11 @@ def test_resume_gives_identical_weights(tmp_path: Path, capsys, monkeypatch, sto
     ]
     args += TINY
     assert cli(capsys, *args, "--out", str(tmp_path / "straight"))[0] == 0
-    monkeypatch.setenv("RESNETKIT_INTERRUPT_AT_STEP", str(stop_at))
-    code, _, err = cli(capsys, *args, "--out", str(tmp_path / "split"))
+    with monkeypatch.context() as patch:  # a real SIGINT after step `stop_at`, as Ctrl-C would send
+        patch.setattr(runner, "run_training", faults.with_callbacks([faults.sigint_at(stop_at)]))
+        code, _, err = cli(capsys, *args, "--out", str(tmp_path / "split"))
     assert code == 130 and "interrupted at epoch" in err and "--resume" in err
     assert torch.load(tmp_path / "split/checkpoints/last.pt", weights_only=True)["step"] == stop_at
-    monkeypatch.delenv("RESNETKIT_INTERRUPT_AT_STEP")
     code, _, err = cli(capsys, "train", "--resume", str(tmp_path / "split"), "--no-progress")
     assert code == 0, err
     straight, split = _weights(tmp_path / "straight"), _weights(tmp_path / "split")
@@ -114,8 +118,8 @@ def test_resume_gives_identical_weights(tmp_path: Path, capsys, monkeypatch, sto
 
 
 def test_interrupt_exit_code_in_a_real_process(tmp_path: Path) -> None:
-    env = {**os.environ, "RESNETKIT_INTERRUPT_AT_STEP": "2"}
-    proc = subprocess.run([sys.executable, "-m", "resnetkit", "train", "--out", str(tmp_path / "r"), *TINY],
+    env = {**os.environ, "FAULT_SIGINT_AT": "2"}  # a real SIGINT after step 2
+    proc = subprocess.run([sys.executable, str(FAULTS), "train", "--out", str(tmp_path / "r"), *TINY],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # fmt: skip
     assert proc.returncode == 130
     assert proc.stderr.strip().splitlines()[-1].startswith("resnetkit: interrupted at epoch 1, step 2; checkpoint")

@@ -7,6 +7,7 @@ import http.server
 import logging
 import pickle
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,60 @@ def test_pretrained_first_conv_adapts_to_one_channel(tmp_path: Path) -> None:
     with torch.no_grad():  # summing the RGB kernel makes a grey image behave as R = G = B
         torch.testing.assert_close(grey_model(grey), src(grey.expand(-1, 3, -1, -1)), rtol=1e-4, atol=1e-4)
     assert grey_model.default_cfg.input_size == (1, 224, 224) and len(grey_model.default_cfg.mean) == 1
+
+
+def test_public_cifar_layout_with_other_classes(tmp_path: Path) -> None:
+    # The head is found under the model's `default_cfg.classifier` after its key aliases (`linear.` -> `fc.`).
+    src = _model(num_classes=5)
+    state = {k.replace("fc.", "linear."): v for k, v in src.state_dict().items()}
+    path = resnetkit.save_state_dict(state, tmp_path / "w.pth")
+    loaded = resnetkit.create_model("resnet20", weights=path)
+    assert loaded.num_classes == 5 and _same_outputs(src, loaded)
+    other = resnetkit.create_model("resnet20", weights=path, num_classes=3)
+    assert other.fc.out_features == 3 and torch.equal(other.conv1.weight, src.conv1.weight)
+
+
+class _Named(torch.nn.Module):
+    """A model whose first conv and classifier are not called conv1 / fc: the weights layer must ask."""
+
+    def __init__(self, in_chans: int = 3, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(in_chans, 8, 3, bias=False)
+        self.head = torch.nn.Linear(8, num_classes)
+        self.default_cfg = resnetkit.DataConfig((in_chans, 8, 8), (0.5,) * in_chans, (0.5,) * in_chans)
+        self.default_cfg = replace(self.default_cfg, first_conv="stem", classifier="head")
+
+
+def test_load_into_model_reads_module_names_from_default_cfg() -> None:
+    from resnetkit.weights import load_into_model
+
+    src = _Named()
+    grey = _Named(in_chans=1, num_classes=2)
+    load_into_model(grey, src.state_dict(), "named.pth", keep_head=False)
+    assert torch.equal(grey.stem.weight, src.stem.weight.sum(dim=1, keepdim=True))
+    assert grey.head.out_features == 2
+    unnamed = _Named(num_classes=2)
+    unnamed.default_cfg = replace(unnamed.default_cfg, first_conv=None, classifier=None)
+    with pytest.raises(resnetkit.WeightsError, match="names no classifier"):
+        load_into_model(unnamed, src.state_dict(), "named.pth", keep_head=False)
+    load_into_model(unnamed, src.state_dict(), "named.pth", keep_head=False, classifier="head")  # told explicitly
+    assert torch.equal(unnamed.stem.weight, src.stem.weight)
+
+
+@pytest.mark.parametrize(
+    ("url", "prefix"),
+    [
+        ("https://download.pytorch.org/models/resnet50-11ad3fa6.pth", "11ad3fa6"),
+        ("v0.1-rsb-weights/resnet50_a1_0-14fe96d1.pth", "14fe96d1"),  # a timm release path
+        ("https://h/resnet20-12fca82f.th#sha256=" + "0" * 64, "12fca82f"),
+        ("resnet50.pth", None),
+        ("https://h/v0.1-deadbeef0/weights.pth", None),  # a hash in a folder is not the file's
+    ],
+)
+def test_hub_hash_prefix(url: str, prefix: str | None) -> None:
+    from resnetkit.weights.download import hub_hash_prefix
+
+    assert hub_hash_prefix(url) == prefix
 
 
 def test_pickle_with_code_payload_is_refused_without_running(tmp_path: Path) -> None:

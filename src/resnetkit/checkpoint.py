@@ -10,8 +10,9 @@ from torch import nn
 
 from resnetkit.constants import VERSION
 from resnetkit.errors import ResnetkitError
+from resnetkit.files import atomic_write
 from resnetkit.models import create_model
-from resnetkit.weights.io import atomic_write, strip_prefixes
+from resnetkit.weights.io import strip_prefixes
 
 FORMAT = "resnetkit.checkpoint/1"
 
@@ -21,11 +22,32 @@ class CheckpointError(ResnetkitError):
 
 
 def model_record(model: nn.Module) -> dict[str, Any]:
-    """What rebuilds the architecture: registry name and constructor kwargs."""
+    """What rebuilds the architecture: registry name and every constructor kwarg.
+
+    A kwarg that is not plain data (a class, a function, a module) cannot be stored in a checkpoint that loads
+    without running pickled code; such a model is refused rather than saved as a model it is not."""
     name = getattr(model, "model_name", None)
     if name is None:
-        raise ValueError("model was not built by resnetkit.create_model; cannot describe it in a checkpoint")
-    return {"model_name": name, "model_kwargs": dict(getattr(model, "model_kwargs", {}))}
+        raise CheckpointError("model was not built by resnetkit.create_model; cannot describe it in a checkpoint")
+    kwargs = dict(getattr(model, "model_kwargs", {}))
+    for key, value in kwargs.items():
+        if not _plain_data(value):
+            raise CheckpointError(
+                f"cannot save {name}: its argument {key}={value!r} is not plain data (numbers, strings, lists, "
+                "dicts), so a checkpoint could not rebuild this model"
+            )
+    return {"model_name": name, "model_kwargs": kwargs}
+
+
+def _plain_data(value: Any) -> bool:
+    """Numbers, strings, booleans, None, and lists / tuples / string-keyed dicts of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain_data(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_data(v) for k, v in value.items())
+    return False
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, **fields: Any) -> Path:

@@ -14,6 +14,7 @@ DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder")
 SCHEDULES = ("paper", "cosine", "onecycle", "constant")
 AUGMENTS = ("auto", "cifar", "imagenet", "none")
 FINETUNE_STRATEGIES = ("full", "linear", "last")
+AMP_DTYPES = ("auto", "bfloat16", "float16")
 
 
 class ConfigError(ResnetkitError):
@@ -63,6 +64,7 @@ class TrainConfig:
     warmup_constant_factor: float | None = None  # the paper's ResNet-110 warm-up: 0.1 x lr, then the full lr
     grad_clip: float | None = None
     amp: bool = False
+    amp_dtype: str = "auto"  # auto: bf16 where the device has it, else fp16 (with a loss scaler); or bfloat16/float16
     compile: bool | None = None  # torch.compile the training step; None: on CUDA for long runs (slower on CPU here)
     early_stopping: int = 0  # patience in evaluations without a better validation top-1 (0: off)
     # run
@@ -84,6 +86,7 @@ class TrainConfig:
         _choice("data", self.data, DATA_CHOICES)
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTS)
+        _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -11,7 +11,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -183,6 +183,21 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def decided_on_main(fn: Callable[[], Any]) -> Any:
+    """fn() run on rank 0 alone, its result (or its user error) on every rank, so all processes decide alike
+    (e.g. whether a run folder exists, which checkpoint a restart continues from)."""
+    result, error = None, None
+    if rank() == 0:
+        try:
+            result = fn()
+        except ResnetkitError as e:
+            error = e
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error
+    return result
 
 
 def broadcast_buffers(model: nn.Module, src: int = 0) -> None:

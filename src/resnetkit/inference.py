@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from torch import nn
 
 from resnetkit.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetkit.data.datasets import ImageTensorDataset
-from resnetkit.data.factory import load_eval_split
+from resnetkit.data.factory import describe_split, load_eval_split
 from resnetkit.data.loader import BatchLoader
 from resnetkit.engine.fastpath import should_compile, speed_up_for_inference
 from resnetkit.engine.predictions import Predictions, collect_logits
@@ -19,6 +21,8 @@ from resnetkit.errors import DataError
 from resnetkit.models import count_macs, create_model
 from resnetkit.transforms import Preprocessing, center_crop, preprocessing_for
 from resnetkit.weights.registry import get_weights, is_weights_name
+
+log = logging.getLogger(__name__)
 
 
 def load_for_inference(checkpoint: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
@@ -48,6 +52,10 @@ def evaluate_checkpoint(
     """top1, top5, loss, n, per-class accuracy, the confusion matrix, per-class precision / recall / F1 and the
     expected calibration error of a checkpoint on one split.
 
+    `split` in the result is the part actually scored (image folders: "val" for the held-out part, "all" for every
+    image, "train"; see predict_split), `requested_split` the one asked for, `source` the data folder and `scored`
+    says which images those are in words.
+
     Runs the fast path: BatchNorm folded, channels_last, and (when the evaluation is large enough to pay for
     it, see engine.fastpath.should_compile, or when asked) a frozen compiled graph; outputs equal the eager
     model's within 1e-4.
@@ -59,8 +67,8 @@ def evaluate_checkpoint(
     return {
         **preds.to_eval_result().to_dict(preds.classes),
         **preds.quality(),
-        "split": split,
-        "data": data,
+        **preds.info,  # data, the split actually scored, source and `scored` (which images, in words)
+        "requested_split": split,
         "tta_flip": tta_flip,
         "checkpoint": str(checkpoint),
     }
@@ -74,9 +82,16 @@ def predict_split(
     """The logits of a checkpoint for every image of one split, with labels and image ids (see Predictions).
 
     split "val" of CIFAR is the validation split the checkpoint's run held out of the training set (--val-size).
+    Image folders (issue 13): "test" / "val" is the held-out part of the checkpoint's own training folder (its
+    seeded split or val/ folder), and every image of a folder of class sub-folders it was not trained on; "all"
+    is every image; "train" the training part. `info` says which: `split`, `source` and `scored` (in words).
     """
     model, pre, classes, config = _load(checkpoint)
-    ds = _load_split(config, data, data_dir, split, pre, download=download, progress=progress)
+    record = _run_record(checkpoint) if config else {}
+    trained_on = _trained_on(config, record, data, data_dir)
+    ds = _load_split(config, data, data_dir, split, pre, trained_on=trained_on, download=download, progress=progress)
+    if trained_on:
+        _check_held_out(ds, record)
     if list(ds.classes) != classes:
         raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
     if compile is None:
@@ -87,7 +102,51 @@ def predict_split(
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
     ids = list(ds.info["files"]) if data == "folder" else [str(i) for i in range(len(ds))]
     images = center_crop(ds.images, pre.size) if keep_images else None  # as the model sees them, for figures
-    return Predictions(logits, labels, classes, ids, images, {"data": data, "split": split})
+    return Predictions(logits, labels, classes, ids, images, _scored(ds, data, trained_on))
+
+
+def _run_record(checkpoint: str | Path) -> dict[str, Any]:
+    """run.json of the run folder holding `checkpoint` (the folder, or RUN/checkpoints/NAME.pt); {} without one
+    (a checkpoint copied elsewhere)."""
+    path = Path(checkpoint)
+    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
+    if run is None or not (run / "run.json").is_file():
+        return {}
+    try:
+        record = json.loads((run / "run.json").read_text())
+    except (OSError, ValueError):
+        log.warning("%s is not readable JSON; ignored", run / "run.json")
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _trained_on(config: dict[str, Any], record: dict[str, Any], data: str, data_dir: str | None) -> bool:
+    """Whether image folder `data_dir` is the one the checkpoint was trained on: the data_dir of its config or the
+    source its run.json recorded (resolved paths compared). Registered weights have neither: never."""
+    if data != "folder" or config.get("data") != "folder" or not data_dir:
+        return False
+    recorded = (record.get("datasets") or {}).get("train") or {}
+    here = Path(data_dir).resolve()
+    return any(p and Path(p).resolve() == here for p in (config.get("data_dir"), recorded.get("source")))
+
+
+def _check_held_out(ds: ImageTensorDataset, record: dict[str, Any]) -> None:
+    """Warn when the seeded held-out files differ from those run.json recorded: the folder changed since training,
+    so some images scored now may have been trained on."""
+    recorded = ((record.get("datasets") or {}).get("test") or {}).get("held_out")
+    if recorded is not None and "held_out" in ds.info and list(recorded) != ds.info["held_out"]:
+        new = len(set(ds.info["held_out"]) - set(recorded))
+        log.warning("%s: %d of the %d held-out images were not held out in training (files added or removed since "
+                    "run.json was written?)", ds.info["source"], new, len(ds.info["held_out"]))  # fmt: skip
+
+
+def _scored(ds: ImageTensorDataset, data: str, trained_on: bool) -> dict[str, str]:
+    """Predictions.info: the data, the split actually scored, its folder and which images those are, in words."""
+    split = "val" if "paper_split" in ds.info else str(ds.info.get("split", "?"))
+    scored = describe_split(ds.info)
+    if data == "folder":
+        scored += " (the checkpoint's own training folder)" if trained_on else " (not the checkpoint's training folder)"
+    return {"data": data, "split": split, "source": str(ds.info.get("source", "")), "scored": scored}
 
 
 def _load_split(
@@ -107,23 +166,50 @@ def _load_split(
 
 @torch.no_grad()
 def predict_files(
-    checkpoint: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 64
+    checkpoint: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 64, strict: bool = False
 ) -> list[dict[str, Any]]:
-    """The top-k classes with probabilities for every image file (folders expanded), in file order."""
-    from resnetkit.data.folder import list_image_files, load_image
+    """The top-k classes with probabilities for every image file (folders expanded), in file order:
+    `{"path", "top": [{"class", "prob"}, ...]}`.
+
+    A file that cannot be decoded (not an image, corrupt, truncated) gets `{"path", "error"}` in its place, the
+    error one line naming the file, and every other file is still predicted; `strict=True` raises that DataError
+    at the first such file instead. A missing path or no image file at all raises DataError either way."""
+    from resnetkit.data.folder import list_image_files
 
     model, pre, classes = load_for_inference(checkpoint)
     model = speed_up_for_inference(model, compile=False)  # a few images: a compile would not pay off
     files = list_image_files(paths)
     k = max(1, min(topk, len(classes)))
-    results = []
+    results: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        images = torch.stack([load_image(f, pre.storage_size) for f in chunk])
-        probs = model(pre.eval_batch(images)).softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        for f, p, i in zip(chunk, top.values.tolist(), top.indices.tolist(), strict=True):
-            results.append(
-                {"path": str(f), "top": [{"class": classes[c], "prob": q} for c, q in zip(i, p, strict=True)]}
-            )
+        loaded = [_read_image(f, pre.storage_size, strict=strict) for f in chunk]
+        tops = iter(_top_classes(model, pre, [x for x in loaded if isinstance(x, torch.Tensor)], classes, k))
+        for f, x in zip(chunk, loaded, strict=True):
+            results.append({"path": str(f), "error": x} if isinstance(x, str) else {"path": str(f), "top": next(tops)})
     return results
+
+
+def _read_image(path: Path, size: int, *, strict: bool) -> torch.Tensor | str:
+    """The decoded image, or the one-line DataError message saying why it cannot be read (raised when strict)."""
+    from resnetkit.data.folder import load_image
+
+    try:
+        return load_image(path, size)
+    except DataError as e:
+        if strict:
+            raise
+        return str(e)
+
+
+def _top_classes(
+    model: nn.Module, pre: Preprocessing, images: list[torch.Tensor], classes: Sequence[str], k: int
+) -> list[list[dict[str, Any]]]:
+    """The k most probable classes of each image, most probable first."""
+    if not images:
+        return []
+    top = model(pre.eval_batch(torch.stack(images))).softmax(dim=1).topk(k, dim=1)
+    return [
+        [{"class": classes[c], "prob": q} for c, q in zip(i, p, strict=True)]
+        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]

@@ -15,6 +15,9 @@ class DataConfig:
     """What a data pipeline needs to feed a model: read from `model.default_cfg`, never retyped.
 
     `crop_pct` follows timm: evaluation resizes the short side to size / crop_pct, then center-crops `size`.
+    `first_conv` and `classifier` (timm's pretrained_cfg fields) name the model's first convolution and its
+    head, the two modules that loading weights adapts to another number of input channels or classes; the
+    model sets them, so the weights layer never hard-codes an architecture's module names.
     """
 
     input_size: tuple[int, int, int]
@@ -22,6 +25,8 @@ class DataConfig:
     std: tuple[float, ...]
     interpolation: str = "bilinear"
     crop_pct: float = 0.875
+    first_conv: str | None = None
+    classifier: str | None = None
 
     def with_channels(self, in_chans: int) -> DataConfig:
         """The same config for an input with `in_chans` channels (mean/std averaged when they no longer fit)."""
@@ -31,9 +36,16 @@ class DataConfig:
         std = (sum(self.std) / len(self.std),) * in_chans
         return replace(self, input_size=(in_chans, *self.input_size[1:]), mean=mean, std=std)
 
+    def with_model_names(self, model_cfg: DataConfig | None) -> DataConfig:
+        """This preprocessing with the module names of `model_cfg` (a model's own default_cfg): the config of
+        pretrained weights, placed on the model they were loaded into."""
+        if model_cfg is None:
+            return self
+        return replace(self, first_conv=model_cfg.first_conv, classifier=model_cfg.classifier)
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain types, for JSON and checkpoints."""
-        return asdict(self)
+        """Plain types, for JSON and checkpoints (module names that are not set are left out)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 # --- Batched preprocessing on uint8 tensors (issue 3): one definition for train, eval and predict ---------------

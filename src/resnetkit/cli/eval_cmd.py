@@ -20,7 +20,10 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder or registered weights name")
     p.add_argument("--data", default="sample", choices=DATA_CHOICES)
     p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", help="test (CIFAR) / val (image folders) / train")
+    p.add_argument("--split", default="test", help="test (= val): CIFAR test set; image folders: the held-out part "
+                   "of the checkpoint's own training folder, every image of another folder of class sub-folders, "
+                   "val/ of a train/ + val/ folder | val (CIFAR: the run's --val-size split) | train | all (image "
+                   "folders: every image)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--compile", dest="compile", action="store_true", default=None, help="default: auto")
     p.add_argument("--no-compile", dest="compile", action="store_false")
@@ -38,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(res))
         return 0
+    print(f"scored {res['n']} images: {res['scored']}")
     print(f"{res['data']} {res['split']}: top1 {100 * res['top1']:.2f}%  top5 {100 * res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  n {res['n']}")  # fmt: skip
     print(f"macro F1 {percent(res['macro_f1'])}  ECE {percent(res['ece'])} ({res['ece_bins']} bins)")

@@ -1,4 +1,7 @@
-"""Entry point: dispatches subcommands and turns user mistakes into one-line errors with exit code 2."""
+"""Entry point: dispatches subcommands and turns user mistakes into one-line errors with exit code 2.
+
+Exit codes: 0 success, 1 `models` found nothing, 2 a user error (one `resnetkit: error:` line), 3 predict / explain
+finished but some files could not be read (one `resnetkit: warning:` line each), 130 interrupted."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from resnetkit import __version__
 from resnetkit.cli import (
@@ -24,6 +28,9 @@ from resnetkit.distributed import launched_rank
 from resnetkit.errors import ResnetkitError, TrainingInterrupted
 
 EXIT_USER_ERROR = 2
+# predict / explain: every readable file was processed, but at least one file could not be read (or was refused);
+# each is a `resnetkit: warning:` line on stderr and an {"path", "error"} record. --strict makes it EXIT_USER_ERROR.
+EXIT_SOME_FILES_FAILED = 3
 
 _COMMANDS = {
     "demo": demo_cmd,
@@ -64,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
+
+
+def warn_file_errors(records: Sequence[dict[str, Any]]) -> int:
+    """One `resnetkit: warning:` line on stderr per record with an "error" (predict, explain); the exit code."""
+    failed = [r for r in records if "error" in r]
+    for r in failed:
+        print(f"resnetkit: warning: {r['error']}", file=sys.stderr)
+    return EXIT_SOME_FILES_FAILED if failed else 0
 
 
 def _configure_logging(quiet: bool) -> None:

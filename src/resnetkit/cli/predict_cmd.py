@@ -11,17 +11,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--topk", type=int, default=3)
-    p.add_argument("--json", action="store_true", help="print one JSON list")
+    p.add_argument("--json", action="store_true", help="print one JSON list (an unreadable file: path and error)")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable file (exit 2)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Exit 0 when every file was predicted, 3 when some could not be read (a warning line each), 2 on --strict."""
+    from resnetkit.cli.main import warn_file_errors
     from resnetkit.inference import predict_files
 
-    results = predict_files(args.checkpoint, args.images, topk=args.topk)
+    results = predict_files(args.checkpoint, args.images, topk=args.topk, strict=args.strict)
     if args.json:
         print(json.dumps(results))
-        return 0
-    for r in results:
-        top = "  ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
-        print(f"{r['path']}: {top}")
-    return 0
+    else:
+        for r in results:
+            if "error" not in r:
+                top = "  ".join(f"{t['class']} {100 * t['prob']:.1f}%" for t in r["top"])
+                print(f"{r['path']}: {top}")
+    return warn_file_errors(results)

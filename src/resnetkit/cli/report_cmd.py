@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from resnetkit.cli.eval_cmd import add_evaluation_arguments, percent
+
+if TYPE_CHECKING:
+    from resnetkit.engine.predictions import Predictions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -34,14 +38,22 @@ def run(args: argparse.Namespace) -> int:
         predict_split, args.checkpoint, args.data, args.data_dir, batch_size=args.batch_size, tta_flip=args.tta_flip,
         download=args.download, progress=not args.json, compile=args.compile, keep_images=True,
     )  # fmt: skip
+    scored: dict[str, str] = {}
+
+    def predict_noting_scored(split: str) -> Predictions:
+        preds = predict(split=split)
+        scored[split] = preds.info.get("scored", "")
+        return preds
+
     numbers = report_from(
-        lambda split: predict(split=split), args.out, split=args.split, calibrate=args.calibrate,
+        predict_noting_scored, args.out, split=args.split, calibrate=args.calibrate,
         groups_csv=args.groups, image_column=args.image_column, group_column=args.group_column,
         n_bins=args.bins, mistakes=args.mistakes, fmt=args.format,
     )  # fmt: skip
     if args.json:
-        print(json.dumps(numbers))
+        print(json.dumps({**numbers, "scored": scored[args.split]}))
         return 0
+    print(f"scored {numbers['n']} images: {scored[args.split]}")
     print(f"{numbers['title']}: top1 {percent(numbers['top1'])}  macro F1 {percent(numbers['macro_f1'])}  "
           f"ECE {percent(numbers['ece'])}  n {numbers['n']}")  # fmt: skip
     if numbers["calibration"]:

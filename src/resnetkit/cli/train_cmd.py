@@ -33,6 +33,7 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--threads": ("threads", int),
     "--checkpoint-every": ("checkpoint_every", int),
     "--early-stopping": ("early_stopping", int),
+    "--amp-dtype": ("amp_dtype", str),
 }
 
 

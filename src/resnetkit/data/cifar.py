@@ -22,6 +22,8 @@ import numpy as np
 import torch
 
 from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.data.paths import require_folder
+from resnetkit.data.splits import seeded_split
 from resnetkit.errors import DataError
 from resnetkit.fetch import FetchError, fetch_url, file_digest
 
@@ -120,7 +122,8 @@ def load_cifar(
     """
     _check_choice("dataset", name, NAMES)
     _check_choice("split", split, SPLITS)
-    root = Path(root)
+    hint = f"; pass --download (download=True) to fetch it into {root}"
+    root = require_folder(root, f"{name} not found:", missing_ok=download, hint=hint)
     folder, release = _locate(root, name, fmt)
     if folder is not None:
         missing = _missing_files(folder, release, split)
@@ -148,8 +151,7 @@ def paper_split(
     n = len(train)
     if not 0 < val_size < n:
         raise DataError(f"validation size {val_size} must be between 1 and {n - 1} for {n} training images")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    val_idx, train_idx = seeded_split(n, val_size, seed)
     record = {"seed": seed, "val_size": val_size, "train_size": n - val_size}
     return (
         train.subset(train_idx, paper_split={**record, "part": "train"}),
@@ -272,7 +274,7 @@ def _missing_files(folder: Path, release: CifarRelease, split: str) -> list[str]
 
 
 def _not_found_message(root: Path, release: CifarRelease) -> str:
-    where = "does not exist" if not root.exists() else f"holds neither {release.train[0]} nor a {release.folder} folder"
+    where = f"holds neither {release.train[0]} nor a {release.folder} folder"
     return f"{release.name} not found: {root} {where}; pass --download (download=True) to fetch it into {root}"
 
 

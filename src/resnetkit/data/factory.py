@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from resnetkit.config import ConfigError, TrainConfig
 from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.data.splits import seeded_order, seeded_split
+from resnetkit.errors import DataError
+from resnetkit.files import cache_dir
 from resnetkit.transforms import DataConfig, Preprocessing, preprocessing_for
-from resnetkit.weights.download import cache_dir
 
 
 @dataclass
@@ -50,13 +53,21 @@ def preprocessing_from_config(cfg: TrainConfig, model_cfg: DataConfig) -> Prepro
 
 def load_eval_split(
     data: str, data_dir: str | None, split: str, preprocessing: Preprocessing, *, download: bool = False,
-    progress: bool = True, strict: bool = False, val_fraction: float = 0.1, seed: int = 0,
+    progress: bool = True, strict: bool = False, val_fraction: float = 0.1, seed: int = 0, trained_on: bool = True,
 ) -> ImageTensorDataset:  # fmt: skip
-    """One split ("train", "test"; image folders: "train", "val") stored at the preprocessing's storage size."""
+    """One split stored at the preprocessing's storage size: CIFAR "train" or "test" ("val" is "test"); image
+    folders "train", "val" (= "test") or "all", chosen as in `folder.load_image_folder_split`, where `trained_on`
+    says whether the model to evaluate was trained on `data_dir` (then its seeded held-out split is kept out)."""
     size = preprocessing.storage_size
     if data == "folder":
-        train, held_out = _load_folder(data_dir, size, val_fraction, seed, strict, progress)
-        return train if split == "train" else held_out
+        from resnetkit.data.folder import load_image_folder_split
+
+        return load_image_folder_split(
+            _folder_dir(data_dir), split, size=size, trained_on=trained_on, val_fraction=val_fraction, seed=seed,
+            strict=strict, cache_dir=cache_dir() / "cache", progress=progress,
+        )  # fmt: skip
+    if split == "all":
+        raise DataError(f"split 'all' (every image) is for image folders; {data} has the splits train and test")
     from resnetkit.data.cifar import load_cifar, load_sample
 
     split = "test" if split == "val" else split
@@ -66,6 +77,24 @@ def load_eval_split(
         root = Path(data_dir) if data_dir else default_data_root()
         ds = load_cifar(root, data, split, download=download, progress=progress)
     return _resize(ds, size)
+
+
+def describe_split(info: dict[str, Any]) -> str:
+    """Which images a dataset of `load_eval_split` holds, in words, from its provenance record (`info`)."""
+    source, split = info.get("source", "?"), info.get("split", "?")
+    if "paper_split" in info:
+        p, name = info["paper_split"], info["dataset"]
+        return f"the {p['val_size']} validation images (seed {p['seed']}) held out of {name} train in {source}"
+    if "dataset" in info:  # CIFAR and the embedded sample
+        return f"the {info['dataset']} {split} set in {source}"
+    if split == "all":
+        parts = info.get("parts") or ([] if info.get("folder", ".") == "." else [info["folder"]])
+        return f"all of {source}" + (f": {' and '.join(f'{p}/' for p in parts)}" if parts else "")
+    if "held_out" in info:
+        pct, seed = f"{100 * info['val_fraction']:g}%", info["val_seed"]
+        which = f"the held-out {pct} (seed {seed})" if split == "val" else f"all but the held-out {pct} (seed {seed})"
+        return f"{which} of {source}"
+    return f"the {info.get('folder', split)}/ folder of {source}"
 
 
 def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
@@ -86,12 +115,11 @@ def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
             raise ConfigError(f"val_size {cfg.val_size} leaves no training images (the set has {len(train)})")
         train, val = paper_split(train, cfg.val_size, seed=cfg.seed)
     if cfg.train_subset:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed))
-        train = train.subset(order[: cfg.train_subset], train_subset=cfg.train_subset)
+        # In the drawn order, not sorted: the runs trained so far saw their batches in this order.
+        train = train.subset(seeded_order(len(train), cfg.seed)[: cfg.train_subset], train_subset=cfg.train_subset)
     if cfg.test_subset and cfg.test_subset < len(test):
         # One draw for every run and seed, so that runs compared with each other are scored on the same images.
-        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
-        test = test.subset(order[: cfg.test_subset].sort().values, test_subset=cfg.test_subset)
+        test = test.subset(seeded_split(len(test), cfg.test_subset, 0)[0], test_subset=cfg.test_subset)
     return TrainingData(train, test, list(train.classes), pre, val)
 
 
@@ -109,9 +137,14 @@ def _load_folder(
 ) -> tuple[ImageTensorDataset, ImageTensorDataset]:
     from resnetkit.data.folder import load_image_folder
 
-    if not data_dir:
-        raise ConfigError("--data folder needs --data-dir")
     cache = cache_dir() / "cache"
     return load_image_folder(
-        data_dir, size=size, val_fraction=val_fraction, seed=seed, strict=strict, cache_dir=cache, progress=progress
-    )
+        _folder_dir(data_dir), size=size, val_fraction=val_fraction, seed=seed, strict=strict, cache_dir=cache,
+        progress=progress,
+    )  # fmt: skip
+
+
+def _folder_dir(data_dir: str | None) -> str:
+    if not data_dir:
+        raise ConfigError("--data folder needs --data-dir")
+    return data_dir

@@ -17,17 +17,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.data.paths import require_folder
+from resnetkit.data.splits import stratified_split
 from resnetkit.errors import DataError
-from resnetkit.weights.io import atomic_write
+from resnetkit.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
 HELD_OUT_DIRS = ("val", "valid", "validation", "test")  # first one present wins
+FOLDER_SPLITS = ("train", "val", "test", "all")  # load_image_folder_split; "test" is "val" (the held-out part)
 DECODE_WORKERS = 2
 _CACHE_VERSION = "folder-v1"  # bump when decoding changes, so old caches are not reused
 _WARN_FIRST = 5  # how many file names a warning spells out before "and N more"
@@ -49,7 +52,11 @@ def is_image_file(path: Path) -> bool:
 
 def load_image(path: str | Path, size: int) -> torch.Tensor:
     """Decode one image file to a uint8 (3, size, size) tensor: EXIF-oriented, RGB, short side resized to
-    `size` (bilinear, antialiased) and center-cropped. Raises DataError naming the file if it cannot be read."""
+    `size` (bilinear, antialiased) and center-cropped. Raises DataError naming the file if it cannot be read.
+
+    A truncated file (an interrupted download) is an error, not an image: Pillow's decoders stop at the missing
+    data (ImageFile.LOAD_TRUNCATED_IMAGES is False by default) rather than return a picture with a grey lower part.
+    """
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -57,8 +64,15 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
             im = ImageOps.exif_transpose(im)
             rgb = _high_depth_to_rgb(im, size) if im.mode in _FULL_SCALE else _center_square(_to_rgb(im), size)
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on corrupt files
-        raise DataError(f"cannot read image {path}: {e}") from e
+        raise DataError(f"cannot read image {path}: {decode_error_reason(e)}") from e
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).clone()
+
+
+def decode_error_reason(error: Exception) -> str:
+    """One line saying why Pillow could not decode a file (its own message names the file again, or is empty)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image, or in a format Pillow cannot identify"
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -109,8 +123,7 @@ def _visible_files(folder: Path) -> Iterator[Path]:
 
 
 def _scan(root: Path) -> _Scan:
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    require_folder(root, "image folder")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise DataError(f"{root} has no class sub-folders (expected {root}/<class name>/<image files>)")
@@ -282,25 +295,79 @@ def load_image_folder(
     `val_fraction` is held out per class (at least one image on each side) and recorded in `info`.
     Unreadable files are skipped with one warning, or raise DataError with `strict=True`. With `cache_dir`,
     the decoded tensors are saved there and reused while no file changes."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist" if not root.exists() else f"{root} is not a folder")
+    root = require_folder(data_dir, "image folder")
+    train_dir, val_dir = _split_dirs(root)
+    opts: dict[str, Any] = dict(size=size, strict=strict, cache_dir=cache_dir, progress=progress)
+    if val_dir is not None:
+        train, val = _load_parts(root, {"train": train_dir, "val": val_dir}, **opts)
+        return train, val
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    [full] = _load_parts(root, {"all": train_dir}, **opts)
+    return _split_held_out(full, val_fraction=val_fraction, seed=seed)
+
+
+def load_image_folder_split(
+    data_dir: str | Path,
+    split: str,
+    *,
+    size: int,
+    trained_on: bool = True,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    strict: bool = False,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> ImageTensorDataset:
+    """One part of an image folder, to evaluate a model on; `info["split"]` says which part was taken.
+
+    "all": every image (train/ and val/ together in that layout). "val" (or "test"): the held-out part: the
+    held-out folder (val/ ...) when there is one; else, in a folder of class sub-folders, the seeded
+    `val_fraction` that `load_image_folder` holds out when the model was `trained_on` this folder, and every image
+    when it was not (it saw none of them). "train": train/, or the rest of that seeded split. Options as in
+    `load_image_folder`; only the folders the part needs are decoded."""
+    if split not in FOLDER_SPLITS:
+        raise DataError(f"unknown split {split!r} for an image folder; choose from {', '.join(FOLDER_SPLITS)}")
+    root = require_folder(data_dir, "image folder")
+    train_dir, val_dir = _split_dirs(root)
+    opts: dict[str, Any] = dict(size=size, strict=strict, cache_dir=cache_dir, progress=progress)
+    if val_dir is None and trained_on and split != "all":
+        train, val = load_image_folder(root, val_fraction=val_fraction, seed=seed, **opts)
+        return train if split == "train" else val
+    if val_dir is None and split == "train":
+        raise DataError(
+            f"{root} has class sub-folders only and the model was not trained on it, so it has no training part; "
+            "split 'all' scores every image"
+        )
+    if val_dir is None:
+        return _load_parts(root, {"all": train_dir}, **opts)[0]
+    if split == "all":
+        return _concat(root, _load_parts(root, {"train": train_dir, "val": val_dir}, **opts))
+    return _load_parts(root, {"train": train_dir} if split == "train" else {"val": val_dir}, **opts)[0]
+
+
+def _load_parts(
+    root: Path, dirs: dict[str, Path], *, size: int, strict: bool, cache_dir: Path | None, progress: bool
+) -> list[ImageTensorDataset]:
+    """Scan and decode each folder of `dirs` (split name -> folder); with two, their classes must agree."""
     if size < 1:
         raise DataError(f"image size must be positive, got {size}")
-    train_dir, val_dir = _split_dirs(root)
-    scans = [_scan(train_dir)] + ([_scan(val_dir)] if val_dir is not None else [])
+    scans = [_scan(d) for d in dirs.values()]
     if len(scans) == 2:
         _check_same_classes(scans[0], scans[1])
-    elif not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     decoded = [_decode_cached(s, size, strict=strict, progress=progress, cache_dir=cache_dir) for s in scans]
     _warn_skipped(root, scans, decoded)
-    if len(scans) == 2:
-        return _to_dataset(root, scans[0], decoded[0], size, "train"), _to_dataset(
-            root, scans[1], decoded[1], size, "val"
-        )
-    full = _to_dataset(root, scans[0], decoded[0], size, "all")
-    return _split_held_out(full, val_fraction=val_fraction, seed=seed)
+    return [_to_dataset(root, s, d, size, split) for s, d, split in zip(scans, decoded, dirs, strict=True)]
+
+
+def _concat(root: Path, parts: list[ImageTensorDataset]) -> ImageTensorDataset:
+    """The parts of a train/ + val/ folder as one dataset (train/ first), to score every image of it."""
+    info: dict[str, Any] = {"source": str(root.resolve()), "split": "all", "folder": "."}
+    info.update(parts=[p.info["folder"] for p in parts], storage_size=parts[0].info["storage_size"])
+    for key in ("files", "skipped", "not_images"):
+        info[key] = [item for p in parts for item in p.info[key]]
+    images, labels = torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts])
+    return _with_counts(ImageTensorDataset(images, labels, list(parts[0].classes), info))
 
 
 def _split_dirs(root: Path) -> tuple[Path, Path | None]:
@@ -367,18 +434,7 @@ def _split_held_out(
     full: ImageTensorDataset, *, val_fraction: float, seed: int
 ) -> tuple[ImageTensorDataset, ImageTensorDataset]:
     """Hold out `val_fraction` of every class (at least 1 image each side), chosen by a seeded permutation."""
-    generator = torch.Generator().manual_seed(seed)
-    val_parts = []
-    for label, name in enumerate(full.classes):
-        members = torch.nonzero(full.labels == label).flatten()
-        if len(members) < 2:
-            raise DataError(f"class {name!r} has {len(members)} image(s); a validation split needs at least 2")
-        n_val = min(max(round(len(members) * val_fraction), 1), len(members) - 1)
-        val_parts.append(members[torch.randperm(len(members), generator=generator)[:n_val]])
-    val_idx = torch.cat(val_parts).sort().values
-    is_val = torch.zeros(len(full), dtype=torch.bool)
-    is_val[val_idx] = True
-    train_idx = torch.nonzero(~is_val).flatten()
+    val_idx, train_idx = stratified_split(full.labels, full.classes, val_fraction, seed)
     held_out = _pick(full.info["files"], val_idx)
     record = {"val_seed": seed, "val_fraction": val_fraction, "held_out": held_out}
     train = full.subset(train_idx, split="train", files=_pick(full.info["files"], train_idx), **record)

@@ -58,7 +58,7 @@ class BatchLoader:
     def _order(self, epoch: int) -> torch.Tensor:
         if not self.train:
             return torch.arange(self.eval_items.start, self.eval_items.stop)
-        return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(_mix(self.seed, epoch)))
+        return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches `start`.. of `epoch` as (images float32 channels_last, labels int64) on the device."""
@@ -70,7 +70,7 @@ class BatchLoader:
                 take = take[rows.start : rows.stop]
             images, labels = self.dataset.images[take], self.dataset.labels[take]
             if self.train:
-                gen = torch.Generator().manual_seed(_mix(self.seed, epoch, index + 1))
+                gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index + 1))
                 part = (rows.start, self.batch_size) if self.world_size > 1 else None
                 x = self.preprocessing.train_batch(images, gen, part)
             else:
@@ -81,8 +81,9 @@ class BatchLoader:
         return self.epoch(0)
 
 
-def _mix(*values: int) -> int:
-    """A 63-bit seed from several integers (stable across processes, unlike hash())."""
+def mix_seed(*values: int) -> int:
+    """A 63-bit seed from several integers (FNV-1a: stable across processes and runs, unlike hash()), e.g.
+    mix_seed(seed, epoch) for an epoch's shuffle, mix_seed(seed, epoch, batch + 1) for a batch's augmentation."""
     h = 1469598103934665603
     for v in values:
         h = ((h ^ (v & 0xFFFFFFFFFFFFFFFF)) * 1099511628211) & 0x7FFFFFFFFFFFFFFF

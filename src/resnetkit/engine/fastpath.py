@@ -5,12 +5,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-from resnetkit.models.blocks import _Block
+from resnetkit.models import ResidualBlock
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,9 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     pairs = [("conv1", "bn1")] if not getattr(model, "preact", False) and hasattr(model, "bn1") else []
     _fold_pairs(model, pairs)
     for m in model.modules():
-        if isinstance(m, _Block) and not m.preact:
+        if isinstance(m, ResidualBlock) and not m.preact:
             _fold_pairs(m, [("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")])
-        if isinstance(m, _Block) and isinstance(m.downsample, nn.Sequential) and len(m.downsample) == 2:
+        if isinstance(m, ResidualBlock) and isinstance(m.downsample, nn.Sequential) and len(m.downsample) == 2:
             m.downsample[0] = fold_conv_bn(m.downsample[0], m.downsample[1])
             m.downsample[1] = nn.Identity()
     return model
@@ -56,15 +57,17 @@ class CompiledOrEager(nn.Module):
     """torch.compile'd forward that falls back to the eager module, with one warning, if compilation fails
     (no C++ compiler, an unsupported platform, an inductor bug): a run never dies for want of a compiler."""
 
-    def __init__(self, module: nn.Module, **compile_kwargs: Any) -> None:
+    def __init__(self, module: nn.Module, inductor_config: dict[str, Any] | None = None, **compile_kwargs: Any) -> None:
         super().__init__()
         self.module = module
         self._compiled: Callable[..., Any] | None = torch.compile(module, **compile_kwargs)
+        self._inductor_config = dict(inductor_config or {})
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         if self._compiled is not None:
             try:
-                return self._compiled(*args, **kwargs)
+                with _inductor_settings(self._inductor_config):
+                    return self._compiled(*args, **kwargs)
             except Exception as e:  # noqa: BLE001  any compiler failure: keep going eagerly
                 first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
                 log.warning("torch.compile failed (%s: %s); continuing in eager mode", type(e).__name__, first)
@@ -74,6 +77,15 @@ class CompiledOrEager(nn.Module):
     @property
     def compiled(self) -> bool:
         return self._compiled is not None
+
+
+def _inductor_settings(settings: dict[str, Any]) -> AbstractContextManager[Any]:
+    """torch._inductor.config patched with `settings` for the duration of the block (nothing when empty)."""
+    if not settings:
+        return nullcontext()
+    import torch._inductor.config as inductor_config
+
+    return inductor_config.patch(settings)
 
 
 def speed_up_for_training(
@@ -92,10 +104,10 @@ def speed_up_for_inference(model: nn.Module, *, fold_bn: bool = True, compile: b
     fast = fast.to(memory_format=torch.channels_last).requires_grad_(False)
     if not compile:
         return fast
-    import torch._inductor.config as inductor_config
-
-    inductor_config.freezing = True  # constant-fold weights into the graph (inference only)
-    return CompiledOrEager(fast)
+    # Constant-fold the weights into this graph. The setting is patched in around this module's own calls (where
+    # it compiles, lazily); setting torch._inductor.config.freezing would leave it on for every later compile in
+    # the process, a training step's too (issue 13). torch.compile(options={"freezing": True}) did not freeze.
+    return CompiledOrEager(fast, inductor_config={"freezing": True})
 
 
 # Compile an evaluation only when its work (images x multiply-accumulates per image) is large enough for the ~10%

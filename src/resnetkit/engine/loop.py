@@ -41,6 +41,10 @@ class Mixing:
         return x, y, y[perm], 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
+# A disabled scaler passes every call through (scale returns the loss, step calls optimizer.step): one code path.
+_NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
+
+
 def train_step(
     model: nn.Module,
     x: torch.Tensor,
@@ -52,8 +56,12 @@ def train_step(
     gen: torch.Generator | None = None,
     grad_clip: float | None = None,
     amp_dtype: torch.dtype | None = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step. Returns (loss, number correct) as tensors: no host synchronisation here."""
+    """One optimisation step. Returns (loss, number correct) as tensors: no host synchronisation here.
+
+    With an (enabled) `scaler`, fp16 autocast's loss is scaled before the backward pass, the gradients are
+    unscaled before clipping, and a step whose gradients overflowed is skipped (torch.amp.GradScaler)."""
     ya, yb, lam = y, y, 1.0
     if mixing is not None and gen is not None:
         x, ya, yb, lam = mixing.apply(x, y, gen)
@@ -62,10 +70,13 @@ def train_step(
         loss = F.cross_entropy(logits, ya, label_smoothing=label_smoothing)
         if lam < 1.0:
             loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
-    loss.backward()
+    scaler = scaler or _NO_SCALING
+    scaler.scale(loss).backward()
     if grad_clip:
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    scaler.step(optimizer)
+    scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetkit._registry import get_model_entry
 from resnetkit.checkpoint import load_checkpoint
 from resnetkit.config import ConfigError, TrainConfig, load_yaml
+from resnetkit.engine.device import resolve_device
 from resnetkit.engine.fastpath import has_fast_bf16
-from resnetkit.engine.runner import resolve_device, run_training
-from resnetkit.models import create_model
+from resnetkit.engine.runner import run_training
+from resnetkit.models import create_model, get_model_entry
 from resnetkit.plots import plot_degradation
 
 log = logging.getLogger(__name__)

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnetkit._registry import get_model_entry
 from resnetkit.data.factory import load_eval_split
 from resnetkit.data.loader import BatchLoader
 from resnetkit.engine.loop import train_step
 from resnetkit.explain.gradcam import ExplainError, layer_names
-from resnetkit.models import create_model
+from resnetkit.models import create_model, get_model_entry
 from resnetkit.optim import build_sgd
 from resnetkit.plots import plot_gradient_flow
 from resnetkit.transforms import preprocessing_for

@@ -1,4 +1,5 @@
-"""Grad-CAM on image files: each file checked against what the model takes, then a PNG of heat-map overlays."""
+"""Grad-CAM on image files: each file checked against what the model takes, then a PNG of heat-map overlays.
+A file that cannot be read or is refused is reported in its record; the others are still explained."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from resnetkit.data.folder import list_image_files, load_image
+from resnetkit.data.folder import decode_error_reason, list_image_files, load_image
+from resnetkit.errors import DataError
 from resnetkit.explain.gradcam import METHODS, CamResult, ExplainError, GradCAM, resolve_layer
 from resnetkit.plots import plot_cam_overlays
 from resnetkit.transforms import Preprocessing, center_crop
@@ -28,16 +30,16 @@ def image_channels(mode: str) -> int:
 def load_for_model(path: str | Path, pre: Preprocessing, in_chans: int) -> torch.Tensor:
     """One image file as uint8 (in_chans, S, S) at the preprocessing's storage size.
 
-    Refused with one line: an image whose colour channels differ from the model's (a greyscale photo given to an
-    RGB model would be explained as something it never was trained on), and one smaller than half the model's
-    input size.
+    Refused with one line (ExplainError or load_image's DataError): an unreadable file, an image whose colour
+    channels differ from the model's (a greyscale photo given to an RGB model would be explained as something it
+    never was trained on), and one smaller than half the model's input size.
     """
     path = Path(path)
     try:
         with Image.open(path) as im:
             mode, (width, height) = im.mode, im.size
     except Exception as e:  # noqa: BLE001  any decoder failure means "not an image we can read"
-        raise ExplainError(f"cannot read image {path}: {e}") from None
+        raise ExplainError(f"cannot read image {path}: {decode_error_reason(e)}") from None
     chans = image_channels(mode)
     if chans != in_chans:
         kind = {1: "greyscale", 3: "colour (RGB)"}
@@ -65,9 +67,14 @@ def explain_files(
     methods: Sequence[str] = METHODS,
     target_class: str | None = None,
     batch_size: int = 16,
+    strict: bool = False,
 ) -> list[dict[str, Any]]:
     """Write `out/<name>-cam.png` per image (the image, then one overlay per method, titled with the predicted
-    class and probability) and return one record per image. Every input is checked before any work starts."""
+    class and probability) and return one record per file, in file order.
+
+    Every file is read and checked (see load_for_model) before any work starts. One that cannot be read or is
+    refused gets `{"path", "error"}` (one line naming the file) in its place and the others are explained;
+    `strict=True` raises at the first such file instead, before anything is written."""
     layer = resolve_layer(model, layer)[0]
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -75,24 +82,36 @@ def explain_files(
     target = _class_index(classes, target_class)
     in_chans = model.default_cfg.input_size[0] if getattr(model, "default_cfg", None) else 3
     files = list_image_files(paths)
-    images = torch.stack([load_for_model(f, pre, in_chans) for f in files])
+    loaded = [_checked(f, pre, in_chans, strict=strict) for f in files]
+    records = {n: {"path": str(files[n]), "error": x} for n, x in enumerate(loaded) if isinstance(x, str)}
+    images = {n: x for n, x in enumerate(loaded) if isinstance(x, torch.Tensor)}
+    good = list(images)
+    names = _output_names(files)  # from every file, so a name does not depend on which others failed
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    names = _output_names(files)
-    records: list[dict[str, Any]] = []
+    if good:
+        out.mkdir(parents=True, exist_ok=True)
     with GradCAM(model, layer) as cam:
-        for start in range(0, len(files), batch_size):
-            chunk = images[start : start + batch_size]
+        for start in range(0, len(good), batch_size):
+            index = good[start : start + batch_size]
+            chunk = torch.stack([images[n] for n in index])
             results = {m: cam(pre.eval_batch(chunk), target, m) for m in methods}
-            for i in range(chunk.shape[0]):
-                index = start + i
-                path = out / names[index]
-                records.append(_record(files[index], path, results, i, classes))
+            for i, n in enumerate(index):
+                records[n] = _record(files[n], out / names[n], results, i, classes)
                 plot_cam_overlays(
                     center_crop(chunk[i], pre.size), {m: r.maps[i] for m, r in results.items()},
-                    _title(records[-1]), path,
+                    _title(records[n]), out / names[n],
                 )  # fmt: skip
-    return records
+    return [records[n] for n in range(len(files))]
+
+
+def _checked(path: Path, pre: Preprocessing, in_chans: int, *, strict: bool) -> torch.Tensor | str:
+    """load_for_model's image, or the one-line reason the file is refused (raised instead when strict)."""
+    try:
+        return load_for_model(path, pre, in_chans)
+    except (ExplainError, DataError) as e:
+        if strict:
+            raise
+        return str(e)
 
 
 def _class_index(classes: Sequence[str], name: str | None) -> int | None:

@@ -54,8 +54,10 @@ def make_shortcut(
     return nn.Sequential(*layers)
 
 
-class _Block(nn.Module):
-    """What all blocks share: the shortcut, stochastic depth and the residual flag."""
+class ResidualBlock(nn.Module):
+    """The base of every block (basic or bottleneck, post- or pre-activation): the shortcut (`downsample`),
+    stochastic depth, `expansion` and the `preact` flag. Code that walks a network (BatchNorm folding,
+    zero-init of the last norm) finds blocks by this class."""
 
     expansion = 1
     preact = False
@@ -73,7 +75,7 @@ class _Block(nn.Module):
         raise NotImplementedError
 
 
-class BasicBlock(_Block):
+class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions (ResNet-18/34 and the paper's CIFAR networks)."""
 
     def __init__(self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0) -> None:
@@ -99,7 +101,7 @@ class BasicBlock(_Block):
         nn.init.zeros_(self.bn2.weight)
 
 
-class Bottleneck(_Block):
+class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand; stride on the 3x3 (v1.5) unless `stride_in_1x1`."""
 
     expansion = 4
@@ -130,7 +132,7 @@ class Bottleneck(_Block):
         nn.init.zeros_(self.bn3.weight)
 
 
-class PreActBasicBlock(_Block):
+class PreActBasicBlock(ResidualBlock):
     """BN-ReLU-conv3x3 twice; the shortcut adds onto the raw branch output (He et al., 2016, Fig. 4e)."""
 
     preact = True
@@ -155,7 +157,7 @@ class PreActBasicBlock(_Block):
         nn.init.zeros_(self.conv2.weight)
 
 
-class PreActBottleneck(_Block):
+class PreActBottleneck(ResidualBlock):
     """BN-ReLU-conv1x1, BN-ReLU-conv3x3, BN-ReLU-conv1x1 (preact ResNet-164/1001 and ImageNet -50/101/152)."""
 
     expansion = 4
@@ -183,7 +185,7 @@ class PreActBottleneck(_Block):
         nn.init.zeros_(self.conv3.weight)
 
 
-def _preact_merge(block: _Block, x: torch.Tensor, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def _preact_merge(block: ResidualBlock, x: torch.Tensor, pre: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Add the shortcut. A projection reads the pre-activated input, as in the paper's Torch code."""
     if not block.has_shortcut:
         return out

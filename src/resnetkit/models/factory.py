@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetkit._registry import get_model_entry, list_model_names
 from resnetkit.errors import WeightsError
+from resnetkit.model_registry import get_model_entry, list_model_names
+from resnetkit.transforms import DataConfig
 from resnetkit.weights import download_url, load_into_model, read_state_dict
 from resnetkit.weights.registry import WeightsEntry, get_weights, is_weights_name, resolve_weights_file
 
@@ -46,7 +47,7 @@ def create_model(
     if pretrained is not None:
         weights = resolve_weights_file(pretrained)
     state, source = (None, "") if weights is None else _read_weights(weights, weights_sha256)
-    file_classes = _head_classes(state) if state is not None else None
+    file_classes = _head_classes(name, kwargs, state) if state is not None else None
     classes = num_classes if num_classes is not None else file_classes
     if classes is not None:
         kwargs["num_classes"] = classes
@@ -54,16 +55,31 @@ def create_model(
     if state is not None:
         load_into_model(model, state, source, keep_head=file_classes is None or file_classes == model.num_classes)
     if pretrained is not None:
-        in_chans = kwargs.get("in_chans", pretrained.data_config.input_size[0])
-        model.default_cfg = pretrained.data_config.with_channels(in_chans)  # how these weights were trained
+        # how these weights were trained, on this architecture (its first_conv and classifier names)
+        model.default_cfg = _pretrained_data_config(pretrained, kwargs).with_model_names(model.default_cfg)
         model.pretrained_cfg = pretrained
     model.model_name = name
-    model.model_kwargs = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    model.model_kwargs = dict(kwargs)  # every kwarg that built it: a checkpoint rebuilds exactly this model
     if features_only:
         from resnetkit.models.features import FeatureExtractor
 
         return FeatureExtractor(model, out_indices)
     return model
+
+
+def resolve_data_config(name: str, weights: str | os.PathLike[str] | None = None, **kwargs: Any) -> DataConfig:
+    """How inputs are prepared for `name` built with `kwargs`: as the registered `weights` were trained (their
+    resolution, normalisation and crop), else the architecture's default. Builds nothing and reads no file."""
+    pretrained = _registered_weights(name, weights)
+    if pretrained is not None:
+        return _pretrained_data_config(pretrained, kwargs)
+    with torch.device("meta"):
+        return get_model_entry(name).builder(**kwargs).default_cfg
+
+
+def _pretrained_data_config(pretrained: WeightsEntry, kwargs: dict[str, Any]) -> DataConfig:
+    in_chans = kwargs.get("in_chans", pretrained.data_config.input_size[0])
+    return pretrained.data_config.with_channels(in_chans)
 
 
 def _registered_weights(name: str, weights: str | os.PathLike[str] | None) -> WeightsEntry | None:
@@ -84,8 +100,13 @@ def _read_weights(weights: str | os.PathLike[str], sha256: str | None) -> tuple[
     return read_state_dict(text), text
 
 
-def _head_classes(state: dict[str, torch.Tensor]) -> int | None:
-    for key in ("fc.weight", "linear.weight"):
-        if key in state and state[key].ndim == 2:
-            return int(state[key].shape[0])
-    return None
+def _head_classes(name: str, kwargs: dict[str, Any], state: dict[str, torch.Tensor]) -> int | None:
+    """The number of classes of the file's classifier, found under the name the architecture gives its head in
+    `default_cfg`, after the key aliases of its family's checkpoints (`remap_state_dict`). The architecture is
+    built on "meta" to ask it: no memory, no initialisation, no random numbers drawn."""
+    with torch.device("meta"):
+        probe = get_model_entry(name).builder(**kwargs)
+    classifier = getattr(getattr(probe, "default_cfg", None), "classifier", None)
+    remap = getattr(probe, "remap_state_dict", None)
+    weight = (remap(state) if remap else state).get(f"{classifier}.weight") if classifier else None
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None

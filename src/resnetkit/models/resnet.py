@@ -2,19 +2,20 @@
 
 Module names equal torchvision's (conv1, bn1, layerN.M..., fc) so torchvision and timm state dicts load
 with strict=True. Every model offers the timm-style API: forward_features, forward_head, reset_classifier,
-num_features, feature_info and default_cfg.
+num_features, feature_info and default_cfg (which names the first conv and the classifier, as timm's does).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from torch import nn
 
 from resnetkit.layers import NormLayer, resolve_norm_layer
-from resnetkit.models.blocks import BlockOptions, _Block
+from resnetkit.models.blocks import BlockOptions, ResidualBlock
 from resnetkit.transforms import DataConfig
 
 STEMS = ("imagenet", "cifar")
@@ -30,7 +31,7 @@ class ResNet(nn.Module):
 
     def __init__(
         self,
-        block: type[_Block],
+        block: type[ResidualBlock],
         layers: Sequence[int],
         *,
         widths: Sequence[int] = (64, 128, 256, 512),
@@ -72,8 +73,13 @@ class ResNet(nn.Module):
         self._feature_groups = tuple(groups_)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc: nn.Module = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        self.default_cfg = default_cfg.with_channels(in_chans) if default_cfg else None
+        self.default_cfg = self._own_cfg(default_cfg, in_chans)
         self._init_weights(zero_init_residual)
+
+    @staticmethod
+    def _own_cfg(cfg: DataConfig | None, in_chans: int) -> DataConfig | None:
+        """`cfg` for `in_chans` channels, naming the modules that loading weights adapts (first conv, head)."""
+        return replace(cfg.with_channels(in_chans), first_conv="conv1", classifier="fc") if cfg else None
 
     def _build_stem(self, stem: str, in_chans: int, width: int, norm: NormLayer) -> tuple[str, ...]:
         if stem == "imagenet":
@@ -88,7 +94,7 @@ class ResNet(nn.Module):
 
     def _build_stages(
         self,
-        block: type[_Block],
+        block: type[ResidualBlock],
         layers: Sequence[int],
         widths: Sequence[int],
         opts: BlockOptions,
@@ -127,7 +133,7 @@ class ResNet(nn.Module):
                 nn.init.zeros_(m.bias)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, _Block):
+                if isinstance(m, ResidualBlock):
                     m.zero_init_last()
 
     @property

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from resnetkit._registry import get_model_entry, list_model_names
+from resnetkit.model_registry import get_model_entry, list_model_names
 from resnetkit.models.complexity import count_macs, count_parameters
 
 

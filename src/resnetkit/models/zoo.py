@@ -5,16 +5,16 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from resnetkit._registry import register_model
 from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
-from resnetkit.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, _Block
+from resnetkit.model_registry import register_model
+from resnetkit.models.blocks import BasicBlock, Bottleneck, PreActBasicBlock, PreActBottleneck, ResidualBlock
 from resnetkit.models.resnet import ResNet
 from resnetkit.transforms import DataConfig
 
 IMAGENET_CFG = DataConfig(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875)
 CIFAR_CFG = DataConfig(input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=1.0)
 
-_IMAGENET_DEPTHS: dict[int, tuple[type[_Block], tuple[int, ...]]] = {
+_IMAGENET_DEPTHS: dict[int, tuple[type[ResidualBlock], tuple[int, ...]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),
     34: (BasicBlock, (3, 4, 6, 3)),
     50: (Bottleneck, (3, 4, 6, 3)),
@@ -32,7 +32,7 @@ def _register_imagenet(name: str, depth: int, description: str, *, preact: bool 
     register_model(name, builder, family=_family("imagenet", options, preact), description=description)
 
 
-def _register_cifar(name: str, block: type[_Block], n: int, description: str, **options: Any) -> None:
+def _register_cifar(name: str, block: type[ResidualBlock], n: int, description: str, **options: Any) -> None:
     builder = partial(
         ResNet, block, (n, n, n), widths=(16, 32, 64), stem="cifar", num_classes=10, default_cfg=CIFAR_CFG, **options
     )

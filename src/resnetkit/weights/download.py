@@ -8,9 +8,9 @@ import re
 import urllib.parse
 from pathlib import Path
 
-from resnetkit.constants import DEFAULT_HOME, ENV_HOME
 from resnetkit.errors import WeightsError
 from resnetkit.fetch import FetchError, fetch_url, file_digest
+from resnetkit.files import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +18,11 @@ log = logging.getLogger(__name__)
 _HUB_HASH = re.compile(r"-([a-f0-9]{8,64})\.")
 
 
-def cache_dir() -> Path:
-    """$RESNETKIT_HOME, else ~/.cache/resnetkit."""
-    return Path(os.environ.get(ENV_HOME) or os.path.expanduser(DEFAULT_HOME))
+def hub_hash_prefix(url: str) -> str | None:
+    """The sha256 prefix that torch.hub's naming puts in a file name ("resnet50-0676ba61.pth" -> "0676ba61"), or
+    None when the name carries none. Takes a URL, a path or a bare file name."""
+    match = _HUB_HASH.search(os.path.basename(urllib.parse.urlparse(url).path))
+    return match.group(1) if match else None
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -38,10 +40,10 @@ def expected_hash(url: str, sha256: str | None) -> str:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise WeightsError(f"expected sha256 for {url} is not 64 hex digits: {sha256!r}")
         return sha256
-    match = _HUB_HASH.search(_file_name(url))
-    if match is None:
+    prefix = hub_hash_prefix(_file_name(url))
+    if prefix is None:
         raise WeightsError(f"no sha256 given for {url}: pass weights_sha256=... or append #sha256=<64 hex digits>")
-    return match.group(1)
+    return prefix
 
 
 def _file_name(url: str) -> str:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from resnetkit.errors import WeightsError
+from resnetkit.files import atomic_write
 
 # Checkpoints wrap the state dict under one of these keys (ours and the common training scripts').
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
@@ -93,22 +93,6 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike[s
     if path.suffix == ".safetensors":
         return atomic_write(path, lambda tmp: save_file(clean, tmp))
     return atomic_write(path, lambda tmp: torch.save(clean, tmp))
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`: readers never see a
-    half-written file, and an interrupted write leaves the previous file intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _first_line(e: BaseException) -> str:

@@ -10,7 +10,9 @@ from typing import Any
 
 from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from resnetkit.errors import WeightsError
+from resnetkit.files import cache_dir
 from resnetkit.transforms import DataConfig
+from resnetkit.weights.download import download_url, hub_hash_prefix, sha256_file
 
 SHIPPED = Path(__file__).parent / "shipped"
 OFFLINE_ENV = "RESNETKIT_OFFLINE"  # "1": never download; a missing file is an error naming where to put it
@@ -82,7 +84,7 @@ def _entries() -> dict[str, WeightsEntry]:
     imagenet_classes = tv[0].classes
     for name, path, size, crop_pct, interpolation in _TIMM:
         entries[name] = WeightsEntry(
-            name=name, url=_TIMM_RELEASES + path, sha256=path.rsplit("-", 1)[1].split(".")[0], num_classes=1000,
+            name=name, url=_TIMM_RELEASES + path, sha256=hub_hash_prefix(path) or "", num_classes=1000,
             classes=imagenet_classes, data_config=DataConfig((3, size, size), IMAGENET_MEAN, IMAGENET_STD,
                                                              interpolation, crop_pct),
             recipe="timm (ResNet strikes back, Wightman et al. 2021, for a1/a3)", source="timm",
@@ -93,8 +95,6 @@ def _entries() -> dict[str, WeightsEntry]:
 def _torchvision_entries() -> list[WeightsEntry]:
     """torchvision's published ImageNet weights for the ResNet family, read from its own Weights enums (so the
     URLs, categories, metrics and preprocessing are never retyped). V1 -> "tv_in1k", V2 -> "tv2_in1k"."""
-    import re
-
     import torchvision
 
     out = []
@@ -106,9 +106,8 @@ def _torchvision_entries() -> list[WeightsEntry]:
                 continue
             t = w.transforms()
             crop = t.crop_size[0]
-            prefix = re.search(r"-([0-9a-f]{8,})\.", w.url)
             out.append(WeightsEntry(
-                name=f"{arch}.{tag}", url=w.url, sha256=prefix.group(1) if prefix else "",
+                name=f"{arch}.{tag}", url=w.url, sha256=hub_hash_prefix(w.url) or "",
                 num_classes=len(w.meta["categories"]), classes=tuple(w.meta["categories"]),
                 data_config=DataConfig((3, crop, crop), tuple(t.mean), tuple(t.std), t.interpolation.value,
                                        crop / t.resize_size[0]),
@@ -154,8 +153,6 @@ def is_weights_name(text: str) -> bool:
 
 def resolve_weights_file(entry: WeightsEntry, *, progress: bool = True) -> Path:
     """The verified local file of `entry`: the shipped copy, or the cached/downloaded one."""
-    from resnetkit.weights.download import cache_dir, download_url, sha256_file
-
     if entry.shipped:
         return SHIPPED / entry.url
     if os.environ.get(OFFLINE_ENV) == "1":

@@ -29,26 +29,35 @@ def adapt_input_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
     return weight.repeat(1, repeats, 1, 1)[:, :in_chans] * (old / in_chans)
 
 
-def load_into_model(model: nn.Module, state: dict[str, torch.Tensor], source: str, *, keep_head: bool = True) -> None:
+def load_into_model(
+    model: nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str,
+    *,
+    keep_head: bool = True,
+    first_conv: str | None = None,
+    classifier: str | None = None,
+) -> None:
     """Load `state` strictly into `model`, after the two adaptations a user expects.
 
     - the first conv is adapted when the model takes another number of input channels;
     - with `keep_head=False` (the caller asked for other classes) the classifier keys are dropped and the
       model keeps its freshly initialised head; a log line says so.
     Anything else that does not fit is an error naming the first missing/unexpected keys and shape mismatches;
-    nothing is copied into the model before the check passes.
+    nothing is copied into the model before the check passes. `first_conv` and `classifier` name those two
+    modules; by default they are read from `model.default_cfg` (the model knows its architecture, this layer
+    does not). Keys are first passed through the model's `remap_state_dict`, if it has one.
     """
+    cfg = getattr(model, "default_cfg", None)
+    first_conv = first_conv or getattr(cfg, "first_conv", None)
+    classifier = classifier or getattr(cfg, "classifier", None)
     remap = getattr(model, "remap_state_dict", None)
     state = remap(state) if remap else dict(state)
     own = model.state_dict()
-    _adapt_first_conv(own, state, source)
-    if not keep_head:
-        dropped = [k for k in list(state) if k.startswith("fc.")]
-        for k in dropped:
-            del state[k]
-        if dropped:
-            log.info("re-initialised the classifier head: %s has another number of classes", source)
-    _check_compatible(own, state, source, ignore_prefix=None if keep_head else "fc.")
+    if first_conv:
+        _adapt_first_conv(own, state, source, f"{first_conv}.weight")
+    head = None if keep_head else _drop_head(state, source, classifier)
+    _check_compatible(own, state, source, ignore_prefix=head)
     for k in own:
         if k.endswith("num_batches_tracked") and k not in state:
             state[k] = own[k]
@@ -56,8 +65,20 @@ def load_into_model(model: nn.Module, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state, strict=keep_head)
 
 
-def _adapt_first_conv(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str) -> None:
-    key = "conv1.weight"
+def _drop_head(state: dict[str, torch.Tensor], source: str, classifier: str | None) -> str:
+    """Remove the classifier's keys from `state`; the key prefix they had."""
+    if not classifier:
+        raise WeightsError(f"cannot fit {source} to other classes: the model names no classifier in its default_cfg")
+    prefix = f"{classifier}."
+    dropped = [k for k in list(state) if k.startswith(prefix)]
+    for k in dropped:
+        del state[k]
+    if dropped:
+        log.info("re-initialised the classifier head: %s has another number of classes", source)
+    return prefix
+
+
+def _adapt_first_conv(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], source: str, key: str) -> None:
     if key in own and key in state and own[key].shape[1] != state[key].shape[1]:
         if own[key].shape[0] != state[key].shape[0] or own[key].shape[2:] != state[key].shape[2:]:
             return  # not the same conv with other input channels: the compatibility check reports it

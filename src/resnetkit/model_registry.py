@@ -1,4 +1,7 @@
-"""Name -> model builder table. Stdlib only: families register themselves on import (torchvision style)."""
+"""Name -> model builder table. Stdlib only: families register themselves on import (torchvision style).
+
+It sits below every layer so that `models/` registers into it; everything above `models/` reaches it through the
+`resnetkit.models` API (`get_model_entry`, `list_models`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""Fault injection for tests, through the training loop's step callbacks (never read by the library itself).
+
+`python tests/faults.py train ...` runs the real `resnetkit` CLI with these faults, configured by environment
+variables of this script: FAULT_SIGINT_AT=N sends this process a real SIGINT after step N (the Ctrl-C handler
+runs as for a user's Ctrl-C); FAULT_KILL_AT=N with FAULT_KILL_RANK=R (default 1) kills rank R by SIGKILL after
+step N of torchrun's first attempt, as a lost worker would die.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import sys
+
+from resnetkit.engine.trainer import StepCallback, StepInfo
+
+
+def sigint_at(step: int) -> StepCallback:
+    """A real Ctrl-C (SIGINT to this process) right after optimisation step `step`."""
+
+    def callback(info: StepInfo) -> None:
+        if info.step == step:
+            signal.raise_signal(signal.SIGINT)
+
+    return callback
+
+
+def kill_at(step: int, rank: int = 1) -> StepCallback:
+    """SIGKILL of process `rank` after step `step`, in torchrun's first attempt only (the restart survives)."""
+
+    def callback(info: StepInfo) -> None:
+        if info.step == step and info.rank == rank and info.restart_count == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return callback
+
+
+def callbacks_from_env() -> list[StepCallback]:
+    callbacks = []
+    if os.environ.get("FAULT_SIGINT_AT"):
+        callbacks.append(sigint_at(int(os.environ["FAULT_SIGINT_AT"])))
+    if os.environ.get("FAULT_KILL_AT"):
+        callbacks.append(kill_at(int(os.environ["FAULT_KILL_AT"]), int(os.environ.get("FAULT_KILL_RANK", "1"))))
+    return callbacks
+
+
+def with_callbacks(callbacks: list[StepCallback]):  # noqa: ANN201  (a patched run_training)
+    """engine.runner.run_training with `callbacks` added: what `resnetkit train` calls, faults injected."""
+    from resnetkit.engine import runner
+
+    return functools.partial(runner.run_training, callbacks=callbacks)
+
+
+if __name__ == "__main__":
+    from resnetkit.cli.main import main
+    from resnetkit.engine import runner
+
+    runner.run_training = with_callbacks(callbacks_from_env())
+    sys.exit(main(sys.argv[1:]))
