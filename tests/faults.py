@@ -12,8 +12,9 @@ import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 
-from resnetkit.engine.trainer import StepCallback, StepInfo
+from resnetkit.engine.trainer import RunResult, StepCallback, StepInfo
 
 
 def sigint_at(step: int) -> StepCallback:
@@ -45,7 +46,7 @@ def callbacks_from_env() -> list[StepCallback]:
     return callbacks
 
 
-def with_callbacks(callbacks: list[StepCallback]):  # noqa: ANN201  (a patched run_training)
+def with_callbacks(callbacks: list[StepCallback]) -> Callable[..., RunResult]:
     """engine.runner.run_training with `callbacks` added: what `resnetkit train` calls, faults injected."""
     from resnetkit.engine import runner
 
