@@ -1,8 +1,9 @@
-"""Shared helpers. Data-dependent tests fail (not skip) when CI=true and ../shared/data is missing."""
+"""Shared helpers. Under CI (any truthy CI: true/1/yes/on) a missing test dependency or data set fails, not skips."""
 
 from __future__ import annotations
 
 import http.server
+import importlib
 import os
 import threading
 from collections.abc import Iterator
@@ -30,14 +31,44 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+TRUTHY = frozenset({"true", "1", "yes", "on"})
+
+
+def in_ci() -> bool:
+    """CI is set in a truthy form: true, 1, yes or on (any case, spaces ignored); "", 0, false, no, off are not."""
+    return os.environ.get("CI", "").strip().lower() in TRUTHY
+
+
+def _missing(what: str) -> None:
+    """Fail under CI (what is missing is a test dependency), skip elsewhere."""
+    if in_ci():
+        pytest.fail(f"CI={os.environ.get('CI')!r} but {what}")
+    pytest.skip(what)
+
+
 def shared_data(name: str) -> Path:
-    """A folder of ../shared/data: missing data fails under CI=true and skips elsewhere."""
+    """A folder of ../shared/data: missing data fails under CI and skips elsewhere."""
     path = SHARED_DATA / name
     if not path.exists():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but the shared data folder {path} is missing")
-        pytest.skip(f"shared data {path} not present")
+        _missing(f"the shared data folder {path} is missing")
     return path
+
+
+def require_module(name: str):
+    """Import a test dependency (e.g. timm): failing to import it fails under CI and skips elsewhere."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        _missing(f"the test dependency {name!r} cannot be imported ({exc})")
+
+
+def confusion_from_predictions(preds: list[dict], classes: list[str]) -> list[list[int]]:
+    """The confusion matrix (rows: true class = the image's folder name, columns: predict's top-1) of `predict
+    --json` output, counted here, to compare with `eval`'s on the same images."""
+    cm = [[0] * len(classes) for _ in classes]
+    for p in preds:
+        cm[classes.index(Path(p["path"]).parent.name)][classes.index(p["top"][0]["class"])] += 1
+    return cm
 
 
 @pytest.fixture(scope="module")

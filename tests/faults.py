@@ -3,7 +3,8 @@
 `python tests/faults.py train ...` runs the real `resnetkit` CLI with these faults, configured by environment
 variables of this script: FAULT_SIGINT_AT=N sends this process a real SIGINT after step N (the Ctrl-C handler
 runs as for a user's Ctrl-C); FAULT_KILL_AT=N with FAULT_KILL_RANK=R (default 1) kills rank R by SIGKILL after
-step N of torchrun's first attempt, as a lost worker would die.
+step N of torchrun's first attempt, as a lost worker would die; FAULT_HANG_AT=N makes the step after N never end
+(a stuck read or collective: what users press Ctrl-C twice for).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import functools
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable
 
 from resnetkit.engine.trainer import RunResult, StepCallback, StepInfo
@@ -37,12 +39,25 @@ def kill_at(step: int, rank: int = 1) -> StepCallback:
     return callback
 
 
+def hang_at(step: int) -> StepCallback:
+    """The process hangs right after optimisation step `step` (a Ctrl-C handler still runs: signals interrupt sleep)."""
+
+    def callback(info: StepInfo) -> None:
+        if info.step == step:
+            while True:
+                time.sleep(0.1)
+
+    return callback
+
+
 def callbacks_from_env() -> list[StepCallback]:
     callbacks = []
     if os.environ.get("FAULT_SIGINT_AT"):
         callbacks.append(sigint_at(int(os.environ["FAULT_SIGINT_AT"])))
     if os.environ.get("FAULT_KILL_AT"):
         callbacks.append(kill_at(int(os.environ["FAULT_KILL_AT"]), int(os.environ.get("FAULT_KILL_RANK", "1"))))
+    if os.environ.get("FAULT_HANG_AT"):
+        callbacks.append(hang_at(int(os.environ["FAULT_HANG_AT"])))
     return callbacks
 
 

@@ -39,6 +39,8 @@ def test_unknown_key_names_it_and_suggests(tmp_path: Path) -> None:
         ({"schedule": "linear"}, "unknown schedule 'linear'"),
         ({"data": "folder"}, "--data folder needs --data-dir"),
         ({"nesterov": "yes"}, "nesterov in x must be true or false"),
+        ({"dtype": "float16"}, "unknown dtype 'float16'; choose one of float32, float64"),
+        ({"amp": True, "dtype": "float64"}, "--amp computes in bf16/fp16 and cannot be combined with dtype float64"),
     ],
 )
 def test_bad_values(values: dict, message: str) -> None:

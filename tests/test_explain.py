@@ -208,10 +208,24 @@ def test_explain_writes_one_overlay_per_image(checkpoint: Path, tmp_path: Path, 
     for r in records:
         assert r["layer"] == "layer3" and r["methods"] == ["gradcam", "gradcam++"] and 0 < r["prob"] <= 1
         assert Image.open(r["out"]).size[0] > 300  # image + two overlays side by side
+    first = records[0]
+    assert first["explained_class"] == first["class"] and first["explained_prob"] == first["prob"]  # default
+    width_both = Image.open(first["out"]).size[0]
+    other = next(c for c in ("cat", "dog") if c != first["class"])  # a class the model did not predict
+    flags = ["--layer", "layer2.1", "--method", "gradcam++", "--class", other]
     code, stdout, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), str(images[0]), "--out", str(out),
-                            "--layer", "layer2.1", "--method", "gradcam++", "--class", "cat")  # fmt: skip
+                            *flags, "--json")  # fmt: skip
     assert code == 0, err
-    assert "a.png: predicted" not in stdout and stdout.startswith(str(images[0]))
+    (r,) = json.loads(stdout)
+    # --layer, --method and --class took effect; the prediction itself is the same as without them
+    assert r["layer"] == "layer2.1" and r["methods"] == ["gradcam++"] and r["explained_class"] == other
+    assert r["class"] == first["class"] and r["prob"] == pytest.approx(first["prob"], abs=1e-6)
+    assert r["explained_prob"] < r["prob"]  # not the most probable class
+    assert Image.open(r["out"]).size[0] < width_both  # one overlay instead of two
+    code, stdout, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), str(images[0]), "--out", str(out),
+                            *flags)  # fmt: skip
+    assert code == 0, err
+    assert stdout == f"{images[0]}: {r['class']} {100 * r['prob']:.1f}% -> {out / 'a-cam.png'}\n"
 
 
 GREY = "is a greyscale image (mode L); the model takes colour (RGB)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -428,13 +427,10 @@ def test_list_image_files_errors(tmp_path: Path) -> None:
 
 def test_cats_vs_dogs_loads_with_its_train_val_split() -> None:
     root = shared_data("cats_vs_dogs")
-    start = time.perf_counter()
-    train, val = load_image_folder(root, size=32, progress=False, strict=True)
-    elapsed = time.perf_counter() - start
+    train, val = load_image_folder(root, size=32, progress=False, strict=True)  # draft mode: see the 2000x1500 test
     assert train.classes == val.classes == ["cat", "dog"]
     assert train.images.shape == (2000, 3, 32, 32) and val.images.shape == (1000, 3, 32, 32)
     assert train.info["class_counts"] == {"cat": 1000, "dog": 1000}
     assert val.info["class_counts"] == {"cat": 500, "dog": 500}
     assert torch.bincount(val.labels).tolist() == [500, 500] and train.info["skipped"] == []
     assert 60 < train.images.float().mean() < 200  # real photographs, not blank tensors
-    assert elapsed < 60, f"decoding took {elapsed:.1f} s: is JPEG draft mode in use?"

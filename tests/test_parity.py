@@ -10,7 +10,7 @@ import torchvision
 import resnetkit
 from resnetkit.layers import option_a_shortcut
 
-from conftest import randomize_norm_stats
+from conftest import randomize_norm_stats, require_module
 
 TORCHVISION = [
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
@@ -38,7 +38,7 @@ def test_torchvision_parity(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2"])
 def test_timm_parity(name: str) -> None:
-    timm = pytest.importorskip("timm")
+    timm = require_module("timm")
     torch.manual_seed(0)
     _assert_same_outputs(timm.create_model(name, pretrained=False), name)
 

@@ -4,6 +4,7 @@ gaps), the group CSV's errors, and `resnetkit report` / `eval --json` end to end
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,24 @@ def test_confident_mistakes_and_calibration_halves() -> None:
     assert sorted(halves.fit.ids + halves.evaluated.ids) == ["w", "x", "y", "z"] and len(halves.fit) == 2
 
 
+def test_quality_of_constructed_predictions_matches_hand_values() -> None:
+    """What eval and report print, on predictions whose answers are worked out by hand."""
+    # 4 predicted a at 0.62 and right, 4 predicted b at 0.68 but truly a, 2 predicted b at 0.95 and right
+    conf = [0.62] * 4 + [0.68] * 4 + [0.95] * 2
+    pred = [0] * 4 + [1] * 6
+    probs = torch.tensor([[c, 1 - c] if p == 0 else [1 - c, c] for c, p in zip(conf, pred, strict=True)])
+    labels = torch.tensor([0] * 8 + [1] * 2)
+    q = Predictions(probs.log(), labels, ["a", "b"], [str(i) for i in range(10)]).quality()
+    # confusion [[4, 4], [0, 2]]: precision 4/4, 2/6; recall 4/8, 2/2; F1 2TP/(predicted + actual)
+    assert q["per_class_precision"] == pytest.approx({"a": 1.0, "b": 1 / 3})
+    assert q["per_class_recall"] == pytest.approx({"a": 0.5, "b": 1.0})
+    assert q["per_class_f1"] == pytest.approx({"a": 8 / 12, "b": 4 / 8})
+    assert q["macro_f1"] == pytest.approx((8 / 12 + 4 / 8) / 2) and q["macro_precision"] == pytest.approx(2 / 3)
+    # 15 bins: 0.62 in (9/15, 10/15] (underconfident by 0.38), 0.68 in (10/15, 11/15] (overconfident by 0.68),
+    # 0.95 in (14/15, 1] (by 0.05); 10 bins would merge the first two into |4/8 - 0.65| = 0.15 (ECE 0.13)
+    assert q["ece_bins"] == 15 and q["ece"] == pytest.approx((4 * 0.38 + 4 * 0.68 + 2 * 0.05) / 10)
+
+
 # --- end to end through the CLI --------------------------------------------------------------------------------
 
 
@@ -163,14 +182,38 @@ def test_eval_json_gains_per_class_quality_and_ece(run: Path, capsys) -> None:
     assert code == 0, err
     res = json.loads(out)
     assert {"top1", "top5", "loss", "n", "per_class_accuracy", "classes", "confusion_matrix"} <= set(res)
-    confusion = torch.tensor(res["confusion_matrix"])
-    precision, recall, f1 = precision_recall_f1(confusion)
-    for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
-        got = [res[f"per_class_{name}"][c] for c in res["classes"]]
-        assert got == pytest.approx([None if v != v else v for v in values.tolist()])
-        assert res[f"macro_{name}"] == pytest.approx(float(values.nan_to_num(0).mean()))
-    assert res["per_class_recall"] == pytest.approx(res["per_class_accuracy"])
-    assert 0.0 <= res["ece"] <= 1.0 and res["ece_bins"] == 15
+    # Counted here by hand from the confusion matrix (rows true, columns predicted), not with resnetkit.metrics.
+    cm, classes, n = res["confusion_matrix"], res["classes"], res["n"]
+    assert n == 500 and [sum(row) for row in cm] == [50] * 10  # the sample's test images, 50 a class
+    assert sum(cm[c][c] for c in range(10)) / n == pytest.approx(res["top1"])
+    columns = [sum(row[c] for row in cm) for c in range(10)]
+    assert 1 <= sum(col > 0 for col in columns) < 10  # after 2 steps some classes are never predicted: None
+    for c, name in enumerate(classes):
+        tp, predicted, actual = cm[c][c], columns[c], sum(cm[c])
+        assert res["per_class_precision"][name] == (pytest.approx(tp / predicted) if predicted else None)
+        assert res["per_class_recall"][name] == pytest.approx(tp / actual) == res["per_class_accuracy"][name]
+        assert res["per_class_f1"][name] == pytest.approx(2 * tp / (predicted + actual))
+    # macro averages over the classes with samples, an undefined precision counting as 0
+    precision = [cm[c][c] / columns[c] if columns[c] else 0.0 for c in range(10)]
+    assert res["macro_precision"] == pytest.approx(sum(precision) / 10)
+    assert res["macro_recall"] == pytest.approx(sum(cm[c][c] / 50 for c in range(10)) / 10)
+    assert res["macro_f1"] == pytest.approx(sum(2 * cm[c][c] / (columns[c] + 50) for c in range(10)) / 10)
+    # ECE with 15 equal-width bins (i/15, (i+1)/15], from the eager model's own probabilities
+    from resnetkit.data.cifar import load_sample
+    from resnetkit.inference import load_for_inference
+
+    model, pre, _ = load_for_inference(run)
+    data = load_sample("test")
+    with torch.no_grad():
+        probs = model(pre.eval_batch(data.images)).softmax(dim=1).double()
+    confidence, pred = probs.max(dim=1)
+    correct = pred.eq(data.labels)
+    assert float(correct.double().mean()) == pytest.approx(res["top1"])
+    bins = [[] for _ in range(15)]
+    for conf, ok in zip(confidence.tolist(), correct.tolist(), strict=True):
+        bins[max(math.ceil(conf * 15) - 1, 0)].append((conf, ok))
+    ece = sum(abs(sum(ok for _, ok in b) - sum(conf for conf, _ in b)) for b in bins if b) / n
+    assert res["ece_bins"] == 15 and res["ece"] == pytest.approx(ece, abs=1e-5)
 
 
 def test_report_end_to_end(run: Path, tmp_path: Path, capsys) -> None:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from resnetkit.cli.main import main
 from resnetkit.engine import runner
 
 import faults
-from conftest import REPO, shared_data
+from conftest import REPO, confusion_from_predictions, shared_data
 
 FAULTS = Path(faults.__file__)
 
@@ -64,6 +67,27 @@ def test_train_eval_predict_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFix
     # eval (BatchNorm folded, channels_last) and the training loop's eager evaluation agree, up to a rare tie
     assert res["top1"] == pytest.approx(rows[0]["test_top1"], abs=2e-4)
     assert len(res["per_class_accuracy"]) == 10 and sum(map(sum, res["confusion_matrix"])) == 10_000
+    # predict: the first 8 test images of each class as PNG files (read from the binary here); predict's top-1
+    # of each image is eval's argmax for the same images, so both confusion matrices are the same
+    classes = res["classes"]
+    raw = np.fromfile(data / "test_batch.bin", dtype=np.uint8).reshape(10_000, 3073)
+    folder = tmp_path / "pngs"
+    for c, name in enumerate(classes):
+        (folder / name).mkdir(parents=True)
+        for i in np.flatnonzero(raw[:, 0] == c)[:8]:
+            Image.fromarray(raw[i, 1:].reshape(3, 32, 32).transpose(1, 2, 0)).save(folder / name / f"{i}.png")
+    code, out, err = cli(capsys, "eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(folder),
+                         "--split", "all", "--json", "--no-compile")  # fmt: skip
+    assert code == 0, err
+    sub = json.loads(out)
+    assert sub["n"] == 80 and sub["classes"] == classes
+    code, out, err = cli(capsys, "predict", "--checkpoint", str(run), str(folder), "--topk", "3", "--json")
+    assert code == 0, err
+    preds = json.loads(out)
+    assert len(preds) == 80 and all(len(p["top"]) == 3 for p in preds)
+    assert confusion_from_predictions(preds, classes) == sub["confusion_matrix"]
+    top1 = sum(Path(p["path"]).parent.name == p["top"][0]["class"] for p in preds) / 80
+    assert top1 == pytest.approx(sub["top1"])
 
 
 def test_train_eval_predict_on_an_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -78,12 +102,14 @@ def test_train_eval_predict_on_an_image_folder(tmp_path: Path, capsys: pytest.Ca
     assert code == 0, err
     res = json.loads(out)
     assert res["n"] == 1000 and res["classes"] == ["cat", "dog"] and len(res["confusion_matrix"]) == 2
-    images = sorted((data / "val" / "dog").glob("*.jpg"))[:3]
-    code, out, err = cli(capsys, "predict", "--checkpoint", str(run), *map(str, images), "--topk", "2", "--json")
+    # predict on every held-out image: its top-1 is eval's argmax for the same images (same confusion matrix)
+    images = [sorted((data / "val" / c).glob("*.jpg")) for c in ("cat", "dog")]
+    code, out, err = cli(capsys, "predict", "--checkpoint", str(run), str(data / "val"), "--topk", "2", "--json")
     assert code == 0, err
     preds = json.loads(out)
-    assert [p["path"] for p in preds] == [str(i) for i in images]
-    assert all(len(p["top"]) == 2 and abs(sum(t["prob"] for t in p["top"]) - 1) < 1e-5 for p in preds)
+    assert sorted(p["path"] for p in preds) == sorted(str(i) for i in images[0] + images[1])
+    assert all([t["class"] for t in p["top"]] in (["cat", "dog"], ["dog", "cat"]) for p in preds)
+    assert confusion_from_predictions(preds, ["cat", "dog"]) == res["confusion_matrix"]
 
 
 @pytest.mark.parametrize("stop_at", [4, 6])  # the end of epoch 1, and the middle of epoch 2
@@ -157,12 +183,18 @@ def test_resume_refuses_recipe_changes_and_existing_runs_are_kept(tmp_path: Path
 
 def test_non_finite_loss_stops_without_saving_bad_weights(tmp_path: Path, capsys) -> None:
     run = tmp_path / "nan"
-    code, _, err = cli(capsys, "train", "--out", str(run), "--set", "lr=1e30", "--checkpoint-every", "1", *TINY)
-    assert code == 2 and "non-finite" in err and "try a lower --lr" in err
+    # lr 1e5 (seed 0, 4 steps an epoch): steps 1 and 2 stay finite; by step 3 the BatchNorm running variances
+    # overflow (the weights one step later): a checkpoint of step 3 would be finite weights with inf statistics
+    code, _, err = cli(capsys, "train", "--out", str(run), "--set", "lr=1e5", "--checkpoint-every", "1", *TINY)
     saved = run / "checkpoints" / "last.pt"
-    if saved.exists():  # whatever was written before the divergence is finite
-        state = torch.load(saved, weights_only=True)["model"]
-        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert code == 2 and "non-finite" in err and "try a lower --lr" in err
+    assert f"kept the last good checkpoint {saved}" in err
+    bad_step = int(re.search(r"non-finite (?:by|at) step (\d+)", err).group(1))
+    assert bad_step >= 2  # so that a good checkpoint came first
+    ckpt = torch.load(saved, weights_only=True)
+    assert ckpt["step"] == bad_step - 1  # the last good step, not an earlier one
+    floats = [v for v in ckpt["model"].values() if v.is_floating_point()]
+    assert floats and all(torch.isfinite(v).all() for v in floats)
 
 
 def test_demo_trains_evaluates_and_predicts_offline(tmp_path: Path, capsys) -> None:

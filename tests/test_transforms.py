@@ -113,10 +113,34 @@ def test_schedules() -> None:
 def test_no_weight_decay_on_bn_and_bias() -> None:
     import resnetkit
 
-    model = resnetkit.create_model("resnet20")
-    decay, no_decay = param_groups(model, 5e-4, True)
-    assert all(p.ndim == 4 or p.ndim == 2 for p in decay["params"]) and no_decay["weight_decay"] == 0.0
-    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+    for name in ("resnet20", "resnet18"):  # option-A shortcuts; projection shortcuts with their own BatchNorm
+        model = resnetkit.create_model(name)
+        model.add_module("extra", torch.nn.Conv2d(3, 4, 1, bias=True))  # a conv bias must not be decayed either
+        # Expected membership from the module types, not from the code's ndim rule.
+        want_decay, want_no_decay = set(), set()
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                want_decay.add(id(m.weight))
+                if m.bias is not None:
+                    want_no_decay.add(id(m.bias))
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                want_no_decay |= {id(m.weight), id(m.bias)}
+        n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert len(want_no_decay) == 2 * n_bn + 2 and n_bn > 0  # every BN weight/bias, fc.bias, extra.bias
+        assert want_decay | want_no_decay == {id(p) for p in model.parameters()}
+        decay, no_decay = param_groups(model, 5e-4, True)
+        got_decay, got_no_decay = [id(p) for p in decay["params"]], [id(p) for p in no_decay["params"]]
+        assert len(got_decay) == len(set(got_decay)) and len(got_no_decay) == len(set(got_no_decay))  # no repeats
+        assert set(got_decay) == want_decay and set(got_no_decay) == want_no_decay, name  # exact, so disjoint
+        assert decay["weight_decay"] == 5e-4 and no_decay["weight_decay"] == 0.0
+        # Turned off: one group with every parameter decayed; frozen parameters are left out either way.
+        (one,) = param_groups(model, 5e-4, False)
+        assert {id(p) for p in one["params"]} == want_decay | want_no_decay and one["weight_decay"] == 5e-4
+        model.conv1.weight.requires_grad_(False)
+        model.bn1.bias.requires_grad_(False)
+        decay, no_decay = param_groups(model, 5e-4, True)
+        assert {id(p) for p in decay["params"]} == want_decay - {id(model.conv1.weight)}
+        assert {id(p) for p in no_decay["params"]} == want_no_decay - {id(model.bn1.bias)}
 
 
 def test_metrics() -> None:

@@ -16,7 +16,7 @@ import torch
 import resnetkit
 from resnetkit.weights import download_url
 
-from conftest import randomize_norm_stats
+from conftest import randomize_norm_stats, require_module
 
 
 def _model(name: str = "resnet20", **kw) -> torch.nn.Module:
@@ -213,7 +213,7 @@ def test_url_with_sha256_downloads_verifies_and_caches(server, tmp_path, monkeyp
 
 
 def test_url_in_torchvision_and_timm_format(server, tmp_path, monkeypatch) -> None:
-    timm = pytest.importorskip("timm")
+    timm = require_module("timm")
     import torchvision
 
     base, root = server
@@ -310,7 +310,7 @@ def test_corrupt_cached_registry_file_offline_is_a_clear_error(tmp_path, monkeyp
 
 
 def test_torchvision_and_timm_state_dicts_load_by_path(tmp_path) -> None:
-    timm = pytest.importorskip("timm")
+    timm = require_module("timm")
     import torchvision
 
     for prefix, ref in (("tv", torchvision.models.resnet50()), ("timm", timm.create_model("resnet50"))):

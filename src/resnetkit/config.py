@@ -15,6 +15,7 @@ SCHEDULES = ("paper", "cosine", "onecycle", "constant")
 AUGMENTS = ("auto", "cifar", "imagenet", "none")
 FINETUNE_STRATEGIES = ("full", "linear", "last")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
+DTYPES = ("float32", "float64")
 
 
 class ConfigError(ResnetkitError):
@@ -65,6 +66,7 @@ class TrainConfig:
     grad_clip: float | None = None
     amp: bool = False
     amp_dtype: str = "auto"  # auto: bf16 where the device has it, else fp16 (with a loss scaler); or bfloat16/float16
+    dtype: str = "float32"  # of the weights and batches; float64 checks numerics (N processes = 1 process), slowly
     compile: bool | None = None  # torch.compile the training step; None: on CUDA for long runs (slower on CPU here)
     early_stopping: int = 0  # patience in evaluations without a better validation top-1 (0: off)
     # run
@@ -87,6 +89,9 @@ class TrainConfig:
         _choice("schedule", self.schedule, SCHEDULES)
         _choice("augment", self.augment, AUGMENTS)
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
+        _choice("dtype", self.dtype, DTYPES)
+        if self.amp and self.dtype != "float32":
+            raise ConfigError(f"--amp computes in bf16/fp16 and cannot be combined with dtype {self.dtype}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")

@@ -174,7 +174,9 @@ def cutout(x: torch.Tensor, size: int, gen: torch.Generator, part: Part = None) 
     cx = torch.randint(0, w, (m, 1, 1), generator=gen)[rows]
     ys = torch.arange(h).view(1, h, 1)
     xs = torch.arange(w).view(1, 1, w)
-    inside = ((ys - cy).abs() <= size // 2) & ((xs - cx).abs() <= size // 2)
+    # rows cy - size // 2 .. cy - size // 2 + size - 1: exactly `size` of them (|d| <= size // 2 gave 9 for size 8)
+    top, left = cy - size // 2, cx - size // 2
+    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
     return x.masked_fill(inside.unsqueeze(1), 0.0)
 
 

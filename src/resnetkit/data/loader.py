@@ -34,6 +34,7 @@ class BatchLoader:
         device: str | torch.device = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("cannot batch an empty dataset")
@@ -45,6 +46,7 @@ class BatchLoader:
         self.train = train
         self.seed = seed
         self.device = torch.device(device)
+        self.dtype = dtype
         self.rank, self.world_size = rank, world_size
         self.local_rows = shard(self.batch_size, rank, world_size)  # this process's rows of each train batch
         self.eval_items = shard(len(dataset), rank, world_size)  # this process's share of an evaluation
@@ -61,7 +63,7 @@ class BatchLoader:
         return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches `start`.. of `epoch` as (images float32 channels_last, labels int64) on the device."""
+        """Batches `start`.. of `epoch` as (images channels_last in `dtype`, labels int64) on the device."""
         order = self._order(epoch)
         rows = self.local_rows
         for index in range(start, len(self)):
@@ -75,7 +77,7 @@ class BatchLoader:
                 x = self.preprocessing.train_batch(images, gen, part)
             else:
                 x = self.preprocessing.eval_batch(images)
-            yield x.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield x.to(self.device, self.dtype, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)

@@ -40,13 +40,20 @@ def freeze_batchnorm(model: nn.Module, only_frozen_params: bool) -> None:
                 m.eval()
 
 
-def finetune_param_groups(model: nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float) -> list[dict]:
-    """Trainable parameters in two groups: the classifier at `lr`, the backbone at `lr * backbone_lr_mult`."""
+def finetune_param_groups(
+    model: nn.Module, lr: float, backbone_lr_mult: float, weight_decay: float, no_decay_bn_bias: bool = False
+) -> list[dict]:
+    """Trainable parameters grouped by learning rate, the classifier at `lr` and the backbone at
+    `lr * backbone_lr_mult`; with `no_decay_bn_bias` each is split again, BatchNorm parameters and biases (the 1-d
+    tensors) without weight decay, as `optim.param_groups` does for training from scratch."""
     head = {id(p) for p in model.get_classifier().parameters()}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in trainable if id(p) in head], "lr": lr, "weight_decay": weight_decay},
-        {"params": [p for p in trainable if id(p) not in head], "lr": lr * backbone_lr_mult,
-         "weight_decay": weight_decay},
-    ]  # fmt: skip
+    groups = []
+    for in_head, group_lr in ((True, lr), (False, lr * backbone_lr_mult)):
+        params = [p for p in trainable if (id(p) in head) == in_head]
+        if not no_decay_bn_bias:
+            groups.append({"params": params, "lr": group_lr, "weight_decay": weight_decay})
+            continue
+        groups.append({"params": [p for p in params if p.ndim > 1], "lr": group_lr, "weight_decay": weight_decay})
+        groups.append({"params": [p for p in params if p.ndim <= 1], "lr": group_lr, "weight_decay": 0.0})
     return [g for g in groups if g["params"]]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,7 +30,7 @@ class Mixing:
         perm = torch.randperm(x.shape[0], generator=gen).to(x.device)
         use_cutmix = self.cutmix > 0 and (self.mixup == 0 or torch.rand(1, generator=gen).item() < 0.5)
         alpha = self.cutmix if use_cutmix else self.mixup
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        lam = _beta(alpha, gen)
         if not use_cutmix:
             return lam * x + (1 - lam) * x[perm], y, y[perm], lam
         h, w = x.shape[-2:]
@@ -43,6 +44,13 @@ class Mixing:
 
 # A disabled scaler passes every call through (scale returns the loss, step calls optimizer.step): one code path.
 _NO_SCALING = torch.amp.GradScaler("cpu", enabled=False)
+
+
+def _beta(alpha: float, gen: torch.Generator) -> float:
+    """A Beta(alpha, alpha) draw from `gen`, the batch's own generator: every process of a torchrun job and every
+    resumed run mixes a batch with the same weight (torch.distributions would draw from each process's global RNG)."""
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=gen))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
 def train_step(

@@ -57,7 +57,7 @@ def run_training(
         folder = RunFolder(distributed.decided_on_main(lambda: choose_run_dir(cfg, ckpt is not None)), env.is_main)
         torch.manual_seed(cfg.seed)
         data = _load_data_once(cfg, env)
-        model = _build_model(cfg, data, device, env, pretrained=ckpt is None).to(device)
+        model = _build_model(cfg, data, device, env, pretrained=ckpt is None).to(device, getattr(torch, cfg.dtype))
         trainer = Trainer(cfg, data, model, device, folder, env, callbacks)
         if ckpt is not None:
             trainer.restore(ckpt)

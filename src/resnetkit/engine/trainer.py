@@ -35,6 +35,8 @@ from resnetkit.optim import build_schedule, build_sgd, lr_factor
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 20  # steps between progress-bar refreshes (each one syncs the host once)
+# mix_seed tag of the global RNG's seed for a step (mixing's generator uses 7), so it never equals another stream's
+STEP_RNG_STREAM = 11
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ class Trainer:
     def _make_loaders(self) -> None:
         cfg, data = self.cfg, self.data
         shard = {"device": self.device, "rank": self.env.rank, "world_size": self.env.world_size}
+        shard["dtype"] = getattr(torch, cfg.dtype)
         self.train_loader = BatchLoader(
             data.train, data.preprocessing, batch_size=cfg.batch_size, train=True, seed=cfg.seed, **shard
         )
@@ -131,7 +134,8 @@ class Trainer:
     def _save(self, name: str) -> Path:
         """Checkpoint (rank 0 writes; every rank checks the weights, which DDP keeps identical)."""
         s = self.state
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+        # BatchNorm running statistics too: they overflow to inf a step before the weights do
+        if not all(bool(torch.isfinite(t).all()) for t in (*self.model.parameters(), *self.model.buffers())):
             raise NonFiniteLoss(
                 f"weights became non-finite by step {s.step}; {self._kept()}; try a lower --lr or --grad-clip"
             )
@@ -142,7 +146,8 @@ class Trainer:
             path, self.model, classes=self.data.classes, preprocessing=self.data.preprocessing.to_dict(),
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), epoch=s.epoch, batch=s.batch, step=s.step, history=s.history,
-            best=s.best, stale=s.stale, partial=s.partial, config=self.cfg.to_dict(), rng=torch.get_rng_state(),
+            best=s.best, stale=s.stale, partial=s.partial, config=self.cfg.to_dict(),
+            rng=torch.get_rng_state(),  # not needed to resume (each step reseeds); kept for earlier versions' readers
         )  # fmt: skip
 
     def _kept(self) -> str:
@@ -150,23 +155,19 @@ class Trainer:
         return f"kept the last good checkpoint {last}" if last.exists() else "no checkpoint was written"
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        """Continue from `ckpt`: weights, optimiser, schedule, loss scale, random state and the loop's position."""
+        """Continue from `ckpt`: weights, optimiser, schedule, loss scale and the loop's position (the random state
+        needs nothing: each step seeds it from the step, see `_step`)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):  # fp16 runs; checkpoints of bf16/fp32 runs hold an empty (disabled) state
             self.scaler.load_state_dict(ckpt["scaler"])
-        torch.set_rng_state(ckpt["rng"])
-        if self.env.enabled:  # each process its own stream (e.g. stochastic depth), reproducible from the step
-            torch.manual_seed(mix_seed(self.cfg.seed, self.env.rank, ckpt["step"]))
         self.folder.rewrite_metrics(ckpt["history"])
         self.state = TrainState.from_checkpoint(ckpt)
         log.info("resuming %s at epoch %d, step %d", self.folder.path, self.state.epoch + 1, self.state.step)
 
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> RunResult:
-        if self.env.enabled and self.state.step == 0:
-            torch.manual_seed(mix_seed(self.cfg.seed, self.env.rank, 0))
         stopped = "completed"
         with graceful_interrupt() as interrupted:
             while self.state.epoch < self.epochs and stopped == "completed":
@@ -213,6 +214,11 @@ class Trainer:
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, sums: _EpochSums) -> None:
         s, cfg = self.state, self.cfg
+        # The global RNG (stochastic depth's masks, on every device) is seeded from (seed, rank, step) before each
+        # step: each process draws its own masks, and a run resumed or restarted at any step draws exactly what an
+        # undisturbed run draws there, on CPU and CUDA alike (a saved CPU RNG state covers neither the other
+        # ranks nor the GPU's generator).
+        torch.manual_seed(mix_seed(cfg.seed, self.env.rank, s.step, STEP_RNG_STREAM))
         gen = torch.Generator().manual_seed(mix_seed(cfg.seed, s.epoch, s.batch, 7)) if self.mixing else None
         loss, hits = train_step(
             self.forward_model, x, y, self.optimizer, label_smoothing=cfg.label_smoothing, mixing=self.mixing,
@@ -314,7 +320,7 @@ class Trainer:
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     if not cfg.weights:
         return build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_bn_bias)
-    groups = finetune_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay)
+    groups = finetune_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay, cfg.no_decay_bn_bias)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
 
 
