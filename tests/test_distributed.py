@@ -334,8 +334,9 @@ def test_ctrl_c_stops_every_process_at_the_same_step_and_the_run_resumes(
     assert output.count("resnetkit: interrupted") == 1  # rank 0 says so, once
     worker_frame = r'File "[^"]*[/\\]resnetkit[/\\]([^"/\\]+[/\\])?[^"/\\]+\.py"'  # resnetkit's code, not torchrun's
     assert not re.search(worker_frame, output), output[-3000:]  # no worker traceback (torchrun prints its own)
-    # every exit status torchrun reports is 130 (after its own SIGINT it reports none, unless it had to kill one)
-    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", output)) <= {"130"}, output[-3000:]
+    # torchrun reports 130 for a worker that stopped on Ctrl-C; once one has exited it tears the others down with
+    # SIGTERM (-15) if they are still exiting, which depends on timing (seen under load): both are clean stops
+    assert set(re.findall(r"exitcode\s*:\s*(-?\d+)", output)) <= {"130", "-15"}, output[-3000:]
     assert "forcefully" not in output, output[-3000:]  # no worker outlived torchrun's grace period
     result = torchrun(2, "-m", "resnetkit", "train", "--resume", str(run), "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
