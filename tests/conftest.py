@@ -5,7 +5,9 @@ from __future__ import annotations
 import http.server
 import importlib
 import os
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +78,24 @@ def one_thread() -> Iterator[None]:
     """Small models run fastest (and disturb least) on one thread; use with pytest.mark.usefixtures."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, log: Path, limit_s: float = 300) -> None:
+    """Until `path` exists (e.g. a checkpoint: training is under way); fails if `proc` ends first, or after
+    `limit_s` (only a hang meets that bound: the wait ends when the file appears). `log` holds proc's output."""
+    deadline = time.monotonic() + limit_s
+    while not path.exists():
+        assert proc.poll() is None, f"exited with {proc.returncode} before writing {path}: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"no {path} after {limit_s} s: {log.read_text()[-3000:]}"
+        time.sleep(0.02)
+
+
+@pytest.fixture()
+def keep_threads() -> Iterator[None]:
+    """Give the process its torch thread count back after a test whose runs set their own (`--threads`)."""
+    before = torch.get_num_threads()
     yield
     torch.set_num_threads(before)
 

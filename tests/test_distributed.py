@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from resnetkit.engine.trainer import LOG_EVERY
 from resnetkit.models import create_model
 from resnetkit.transforms import preprocessing_for
 
-from conftest import REPO, shared_data
+from conftest import REPO, shared_data, wait_for_file
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
 FAULTS = Path(__file__).with_name("faults.py")  # the real CLI with step callbacks that inject faults
@@ -115,15 +114,6 @@ def _worker_pid(launcher: subprocess.Popen, rank: int) -> int:
             if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
                 return pid
     raise AssertionError(f"no worker of rank {rank} under process {launcher.pid}")
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, log: Path) -> None:
-    """Until `path` exists (e.g. a checkpoint: training is under way); fails if `proc` ends first."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not path.exists():
-        assert proc.poll() is None, f"exited with {proc.returncode} before writing {path}: {log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"no {path} after {HANG_GUARD_S} s: {log.read_text()[-3000:]}"
-        time.sleep(0.02)
 
 
 # --- one process: the pieces -----------------------------------------------------------------------------------
@@ -319,7 +309,7 @@ def test_ctrl_c_stops_every_process_at_the_same_step_and_the_run_resumes(
     cmd += ["--monitor-interval=0.5", "-m", "resnetkit", "train", *CTRL_C_RUN, "--out", str(run)]
     launcher = _launch(cmd, log)
     try:
-        _wait_for(run / "checkpoints" / "last.pt", launcher, log)  # step 5 is done
+        wait_for_file(run / "checkpoints" / "last.pt", launcher, log, HANG_GUARD_S)  # step 5 is done
         if target == "torchrun":
             launcher.send_signal(signal.SIGINT)
         else:

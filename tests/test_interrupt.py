@@ -14,7 +14,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import torch
 from resnetkit.checkpoint import load_checkpoint
 
 import faults
-from conftest import REPO
+from conftest import REPO, wait_for_file
 
 FAULTS = Path(faults.__file__)
 RUN = ["--data", "sample", "--no-progress", "--batch-size", "32", "--threads", "1", "--test-subset", "100"]
@@ -47,15 +46,6 @@ def _start(tmp_path: Path, *cmd: str, **env: str) -> subprocess.Popen:
 
 def _stderr(tmp_path: Path) -> str:
     return (tmp_path / "stderr.txt").read_text()
-
-
-def _wait_for(path: Path, proc: subprocess.Popen, tmp_path: Path) -> None:
-    """Until `path` exists: training is under way (a checkpoint is written after a step)."""
-    deadline = time.monotonic() + HANG_GUARD_S
-    while not path.exists():
-        assert proc.poll() is None, f"exited with {proc.returncode} before writing {path}: {_stderr(tmp_path)[-2000:]}"
-        assert time.monotonic() < deadline, f"no {path} after {HANG_GUARD_S} s"
-        time.sleep(0.02)
 
 
 def _reap(proc: subprocess.Popen) -> None:
@@ -83,7 +73,7 @@ def test_ctrl_c_from_outside_stops_after_the_step_and_resumes_to_the_same_weight
     proc = _start(tmp_path, sys.executable, "-m", "resnetkit", "-q", "train", *RUN, "--checkpoint-every", "5",
                   "--out", str(split))  # fmt: skip
     try:
-        _wait_for(split / "checkpoints" / "last.pt", proc, tmp_path)  # step 5 is done
+        wait_for_file(split / "checkpoints" / "last.pt", proc, tmp_path / "stderr.txt", HANG_GUARD_S)  # step 5 is done
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=HANG_GUARD_S) == 130, _stderr(tmp_path)[-2000:]
     finally:
@@ -114,7 +104,9 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     args = [*RUN, "--max-steps", "6", "--checkpoint-every", "4", "--out", str(run)]
     proc = _start(tmp_path, sys.executable, str(FAULTS), "-q", "train", *args, FAULT_HANG_AT="4")
     try:
-        _wait_for(run / "checkpoints" / "last.pt", proc, tmp_path)  # written after step 4, before the hang
+        wait_for_file(
+            run / "checkpoints" / "last.pt", proc, tmp_path / "stderr.txt", HANG_GUARD_S
+        )  # written after step 4, before the hang
         proc.send_signal(signal.SIGINT)
         with pytest.raises(subprocess.TimeoutExpired):  # the first Ctrl-C waits for the step to end
             proc.wait(timeout=2)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,12 +32,8 @@ WEIGHTS = "resnet20.rk_cifar10"
 
 
 @pytest.fixture(autouse=True)
-def keep_threads() -> Iterator[None]:
-    """Runs here use one thread (tiny models: fastest, and least disturbing on a shared 2-core machine); `--threads`
-    sets the process's count, so the rest of the suite gets its own back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+def _threads_restored(keep_threads: None) -> None:
+    """Runs here use one thread (`--threads 1`: tiny models run fastest so on a shared 2-core machine)."""
 
 
 @pytest.fixture(autouse=True)

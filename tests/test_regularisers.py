@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,12 +25,8 @@ from resnetkit.transforms import Preprocessing
 
 
 @pytest.fixture(autouse=True)
-def keep_threads() -> Iterator[None]:
-    """Runs here use one thread (tiny models: fastest, and least disturbing on a shared 2-core machine); `--threads`
-    sets the process's count, so the rest of the suite gets its own back."""
-    before = torch.get_num_threads()
-    yield
-    torch.set_num_threads(before)
+def _threads_restored(keep_threads: None) -> None:
+    """Runs here use one thread (`--threads 1`: tiny models run fastest so on a shared 2-core machine)."""
 
 
 def _batch(n: int = 16, size: int = 8, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
