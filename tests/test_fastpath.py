@@ -4,7 +4,6 @@ eager fallback when compilation fails. torch.compile runs only in this file (eac
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,6 @@ import resnetkit
 from resnetkit.engine.fastpath import (
     CompiledOrEager,
     fold_batchnorm,
-    has_fast_bf16,
     should_compile,
     speed_up_for_inference,
     speed_up_for_training,
@@ -119,13 +117,3 @@ def test_evaluations_compile_only_when_the_work_pays_for_it() -> None:
         r50 = count_macs(resnetkit.create_model("resnet50"), (3, 224, 224))
     assert not should_compile(10_000, r20) and should_compile(1_000_000, r20)
     assert not should_compile(1_000, r50) and should_compile(5_000, r50)
-
-
-def test_fast_bf16_is_read_from_the_processor_flags() -> None:
-    assert not has_fast_bf16(torch.device("meta"))
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        assert not has_fast_bf16(torch.device("cpu"))
-        return
-    flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split()
-    assert has_fast_bf16(torch.device("cpu")) == bool({"amx_bf16", "avx512_bf16"} & set(flags))

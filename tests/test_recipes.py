@@ -70,6 +70,9 @@ PROMISES = {
                                 False, True),
     "cifar10_91_cpu": Promise(CIFAR, 390, 11_700, warmup_cosine(0.2, 1_755, 11_700), (0, 1_754, 1_755, 6_727, 11_699),
                               5e-4, False, True),
+    # ResNet-56: 60 epochs (23,400 steps), warm-up 3 epochs (1,170 steps) to 0.1
+    "cifar10_resnet56": Promise(CIFAR, 390, 23_400, warmup_cosine(0.1, 1_170, 23_400),
+                                (0, 1_169, 1_170, 12_285, 23_399), 5e-4, False, True),
     # the embedded sample and the cats-vs-dogs folder: 2,000 training images / 64 = 31 steps, warm-up 1 epoch
     "sample_quick": Promise("", 31, 15 * 31, warmup_cosine(0.1, 31, 465), (0, 30, 31, 248, 464), 5e-4, False, True),
     "cats_vs_dogs": Promise(CATS, 31, 20 * 31, warmup_cosine(0.1, 31, 620), (0, 30, 31, 325, 619), 5e-4, False, True),

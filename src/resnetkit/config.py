@@ -64,7 +64,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     warmup_constant_factor: float | None = None  # the paper's ResNet-110 warm-up: 0.1 x lr, then the full lr
     grad_clip: float | None = None
-    amp: bool = False
+    amp: bool | None = None  # bf16/fp16 autocast; None: bf16 on a CPU where it measured faster (engine.device)
     amp_dtype: str = "auto"  # auto: bf16 where the device has it, else fp16 (with a loss scaler); or bfloat16/float16
     dtype: str = "float32"  # of the weights and batches; float64 checks numerics (N processes = 1 process), slowly
     compile: bool | None = None  # torch.compile the training step; None: on CUDA for long runs (slower on CPU here)
@@ -151,8 +151,8 @@ def _coerce(f: dataclasses.Field[Any], value: Any, source: str) -> Any:
             _bad(f, value, source, "a number")
     if kind.startswith("int") and value is not None and (not isinstance(value, int) or isinstance(value, bool)):
         _bad(f, value, source, "an integer")
-    if kind == "bool" and not isinstance(value, bool):
-        _bad(f, value, source, "true or false")
+    if kind.startswith("bool") and not isinstance(value, bool) and not (value is None and "None" in kind):
+        _bad(f, value, source, "true or false" + (" (or null: the default)" if "None" in kind else ""))
     return value
 
 

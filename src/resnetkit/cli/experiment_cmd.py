@@ -44,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 def _degradation(args: argparse.Namespace) -> int:
     from resnetkit.cli.train_cmd import parse_set_pairs
     from resnetkit.config import ConfigError
+    from resnetkit.engine.device import default_amp, resolve_device
     from resnetkit.experiments import DEFAULT_MODELS, degradation_configs, findings, run_degradation, write_degradation
 
     options = dict(epochs=args.epochs, train_subset=args.train_subset, test_subset=args.test_subset, data=args.data,
@@ -58,7 +59,10 @@ def _degradation(args: argparse.Namespace) -> int:
     curves = run_degradation(configs)
     images = f"{configs[0].train_subset:,}" if configs[0].train_subset else "all"
     budget = "paper budget" if args.full else f"{configs[0].epochs} epochs, {images} images"
-    budget += ", bf16" if configs[0].amp else ""
+    amp = configs[0].amp
+    if amp is None:  # the runs took the default: the measured rule on a CPU (cached, so this does not re-measure)
+        amp = default_amp(resolve_device(configs[0].device), configs[0].dtype)[0]
+    budget += ", bf16" if amp else ""
     csv_path, png = write_degradation(curves, args.out, title=f"{configs[0].data}, {budget}")
     for f in findings(curves):
         kind = "plain" if f["plain"] else "residual"

@@ -51,7 +51,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     for flag, (key, kind) in FLAGS.items():
         p.add_argument(flag, dest=key, type=kind, default=None, metavar=key.upper())
     p.add_argument("--download", action="store_true", default=None, help="fetch CIFAR if the folder is empty")
-    p.add_argument("--amp", action="store_true", default=None, help="bf16/fp16 autocast")
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        default=None,
+        help="bf16/fp16 autocast (default: bf16 on a CPU where it measured faster than fp32)",
+    )
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32")
     p.add_argument("--strict", action="store_true", default=None, help="unreadable images are errors")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
     p.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile (default: auto)")

@@ -121,21 +121,3 @@ def should_compile(images: int, macs_per_image: int) -> bool:
     """Whether a frozen compiled graph pays for itself on `images` images of `macs_per_image` multiply-accumulates
     each (`models.count_macs`; see COMPILE_EVAL_MACS)."""
     return images * macs_per_image >= COMPILE_EVAL_MACS
-
-
-def has_fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 autocast makes training faster on `device`: a CUDA GPU with bf16, or a CPU whose instruction
-    set multiplies in bf16 (AVX512-BF16 or AMX, read from /proc/cpuinfo on Linux). Elsewhere a CPU converts bf16
-    to fp32 around every operation, which can be slower than fp32 itself. Measured on this project's 2-core
-    machines, ResNet-20 `resnetkit bench train --amp` against the fp32 standard loop: 2.55x on an Intel Xeon with
-    AMX, 1.92-1.97x on an AMD EPYC Zen 5 with AVX512-BF16 and no AMX (benchmarks/RESULTS.md)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags

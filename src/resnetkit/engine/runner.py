@@ -7,6 +7,8 @@ Each job has its own home: the device and precision rules (engine.device), resum
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,14 @@ from resnetkit import distributed
 from resnetkit.checkpoint import load_checkpoint
 from resnetkit.config import ConfigError, TrainConfig
 from resnetkit.data.factory import TrainingData, load_training_data
-from resnetkit.engine.device import resolve_device
+from resnetkit.engine.device import default_amp, resolve_device
 from resnetkit.engine.finetune import apply_strategy
 from resnetkit.engine.resume import restart_point, resumed_config
 from resnetkit.engine.run_dir import RunFolder, choose_run_dir, provenance
 from resnetkit.engine.trainer import RunResult, StepCallback, StepInfo, Trainer
 from resnetkit.models import create_model, resolve_data_config
+
+log = logging.getLogger(__name__)
 
 __all__ = ["RunResult", "StepCallback", "StepInfo", "resolve_device", "run_training"]
 
@@ -54,6 +58,12 @@ def run_training(
             cfg = resumed_config(ckpt, {})
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        precision = "autocast: asked for (--amp)" if cfg.amp else "fp32: asked for (--no-amp)"
+        if cfg.amp is None:  # decided once, by rank 0, and kept in the run's config: a resumed run keeps it
+            amp, precision = distributed.decided_on_main(lambda: default_amp(device, cfg.dtype))
+            cfg = dataclasses.replace(cfg, amp=amp)
+            if env.is_main:
+                log.info("precision: %s (--amp / --no-amp to choose)", precision)
         folder = RunFolder(distributed.decided_on_main(lambda: choose_run_dir(cfg, ckpt is not None)), env.is_main)
         torch.manual_seed(cfg.seed)
         data = _load_data_once(cfg, env)
@@ -62,7 +72,7 @@ def run_training(
         if ckpt is not None:
             trainer.restore(ckpt)
         else:
-            folder.start(cfg, _run_record(cfg, data, trainer))
+            folder.start(cfg, _run_record(cfg, data, trainer) | {"precision": precision})
         return trainer.fit()
 
 

@@ -20,8 +20,6 @@ from torch import nn
 
 from resnetkit.checkpoint import load_checkpoint
 from resnetkit.config import ConfigError, TrainConfig, load_yaml
-from resnetkit.engine.device import resolve_device
-from resnetkit.engine.fastpath import has_fast_bf16
 from resnetkit.engine.runner import run_training
 from resnetkit.models import create_model, get_model_entry
 from resnetkit.plots import plot_degradation
@@ -29,14 +27,14 @@ from resnetkit.plots import plot_degradation
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("plain20", "plain56", "resnet20", "resnet56")
-# The paper's recipe (SGD, momentum 0.9, weight decay 1e-4, lr 0.1, pad-and-crop + flip) on a budget that fits
-# 30 minutes of 2 CPU cores for the four default models (21.7 minutes measured, docs/explain.md): 40,000 training
-# images for 4 epochs, batch 64, a cosine decay after a half-epoch linear warm-up in place of the 64k-iteration
-# step schedule, each epoch scored on a fixed 2,000 of the 10,000 test images, and bf16 autocast where the
-# processor multiplies in bf16 (`has_fast_bf16`; 1.4-2.3x fp32's speed here). The budgets measured here show that
-# resnet56's deficit against resnet20 is a delay at the start, made up only by seeing more *distinct* images: on
-# 4,000-image subsets it stayed 4-7 points behind for any number of epochs, batch size, lr or warm-up tried; on
-# all 50,000 images for 3 epochs it ended 0.8 points behind; this budget's 160,000 images put it 0.6 ahead.
+# The paper's recipe (SGD, momentum 0.9, weight decay 1e-4, lr 0.1, pad-and-crop + flip) on a budget that fits 30
+# minutes of 2 CPU cores for the four default models (21.7 minutes measured, docs/explain.md): 40,000 training images
+# for 4 epochs, batch 64, a cosine decay after a half-epoch linear warm-up in place of the 64k-iteration step
+# schedule, each epoch scored on a fixed 2,000 of the 10,000 test images, and, as every training run, bf16 autocast
+# on a CPU where it measured faster than fp32 (`engine.device.default_amp`; 1.4-2.3x here). The budgets measured here
+# show that resnet56's deficit against resnet20 is a delay at the start, made up only by seeing more *distinct*
+# images: on 4,000-image subsets it stayed 4-7 points behind for any number of epochs, batch size, lr or warm-up
+# tried; on all 50,000 images for 3 epochs it ended 0.8 points behind; this budget's 160,000 images put it 0.6 ahead.
 # `full=True` takes the paper's own schedule instead.
 CPU_RECIPE: dict[str, Any] = {
     "data": "cifar10",
@@ -91,8 +89,6 @@ def degradation_configs(
         if value is not None:  # 0: all images; a negative count is refused by TrainConfig
             base[key] = value or None
     base.update({k: v for k, v in options.items() if v is not None})
-    if not full and "amp" not in base:
-        base["amp"] = has_fast_bf16(resolve_device(str(base.get("device", "auto"))))
     for name in models:
         get_model_entry(name)  # an unknown name fails before any training
     return [TrainConfig.from_dict({**base, "model": m, "out": str(Path(out) / m)}, source="experiment") for m in models]
@@ -111,6 +107,8 @@ def _history(cfg: TrainConfig) -> list[dict[str, Any]]:
         return run_training(cfg).history
     saved = load_checkpoint(last)["config"]
     wanted = cfg.to_dict()
+    if wanted["amp"] is None:  # the default precision: the run decided it when it started, and keeps it
+        wanted["amp"] = saved.get("amp")
     differ = sorted(k for k in wanted.keys() - _MAY_DIFFER if saved.get(k) != wanted[k])
     if differ:
         raise ConfigError(
