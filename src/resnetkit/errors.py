@@ -26,3 +26,8 @@ class TrainingInterrupted(ResnetkitError):
 
 class NonFiniteLoss(ResnetkitError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
+
+
+class ExportError(ResnetkitError):
+    """An export that cannot be made, or an exported file that cannot be used (not ONNX, no metadata, an extra
+    that is not installed)."""

@@ -11,37 +11,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetkit.checkpoint import load_checkpoint, model_from_checkpoint
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.data.factory import describe_split, load_eval_split
 from resnetkit.data.loader import BatchLoader
-from resnetkit.engine.fastpath import should_compile, speed_up_for_inference
+from resnetkit.engine.fastpath import should_compile
 from resnetkit.engine.predictions import Predictions, collect_logits
-from resnetkit.errors import DataError
-from resnetkit.models import count_macs, create_model
-from resnetkit.transforms import Preprocessing, center_crop, preprocessing_for
-from resnetkit.weights.registry import get_weights, is_weights_name
+from resnetkit.errors import DataError, ExportError
+from resnetkit.models import count_macs
+from resnetkit.runtime import load_model
+from resnetkit.transforms import Preprocessing, center_crop
 
 log = logging.getLogger(__name__)
 
 
-def load_for_inference(checkpoint: str | Path) -> tuple[nn.Module, Preprocessing, list[str]]:
-    """Model (eval mode), its preprocessing and its class names, from a checkpoint file, a run folder or the
-    name of registered pretrained weights (e.g. "resnet20.rk_cifar10")."""
-    model, pre, classes, _ = _load(checkpoint)
-    return model, pre, classes
-
-
-def _load(checkpoint: str | Path) -> tuple[nn.Module, Preprocessing, list[str], dict[str, Any]]:
-    """load_for_inference plus the run's recorded config ({} for registered weights)."""
-    if isinstance(checkpoint, str) and is_weights_name(checkpoint):
-        entry = get_weights(checkpoint)
-        model = create_model(entry.architecture, weights=checkpoint).eval()
-        kind = "cifar" if entry.data_config.crop_pct >= 1.0 else "imagenet"
-        return model, preprocessing_for(entry.data_config, kind), list(entry.classes), {}
-    ckpt = load_checkpoint(checkpoint)
-    pre = Preprocessing.from_dict(ckpt["preprocessing"])
-    return model_from_checkpoint(ckpt), pre, list(ckpt["classes"]), dict(ckpt.get("config") or {})
+def load_for_inference(
+    checkpoint: str | Path, *, exported_ok: bool = True
+) -> tuple[nn.Module, Preprocessing, list[str]]:
+    """Model (eval mode), its preprocessing and its class names, from a checkpoint file, a run folder, the name of
+    registered pretrained weights (e.g. "resnet20.rk_cifar10") or an exported `.onnx` / `.pt2` file (its model runs
+    on its own runtime; `exported_ok=False` refuses those, for what needs a PyTorch model's gradients)."""
+    loaded = load_model(checkpoint)
+    if loaded.exported is not None and not exported_ok:
+        raise ExportError(
+            f"{checkpoint} is an exported {loaded.exported.runtime} model without gradients: use the PyTorch "
+            "checkpoint it was exported from"
+        )
+    return loaded.model, loaded.preprocessing, loaded.classes
 
 
 def evaluate_checkpoint(
@@ -86,17 +81,22 @@ def predict_split(
     seeded split or val/ folder), and every image of a folder of class sub-folders it was not trained on; "all"
     is every image; "train" the training part. `info` says which: `split`, `source` and `scored` (in words).
     """
-    model, pre, classes, config = _load(checkpoint)
+    loaded = load_model(checkpoint)
+    pre, classes, config = loaded.preprocessing, loaded.classes, loaded.config
     record = _run_record(checkpoint) if config else {}
     trained_on = _trained_on(config, record, data, data_dir)
     ds = _load_split(config, data, data_dir, split, pre, trained_on=trained_on, download=download, progress=progress)
     if trained_on:
         _check_held_out(ds, record)
+    if loaded.exported is not None and not loaded.exported.named and len(classes) == len(ds.classes):
+        classes = list(ds.classes)  # a foreign ONNX file: its outputs take the data's names
     if list(ds.classes) != classes:
         raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
     if compile is None:
-        compile = should_compile(len(ds), count_macs(model, (ds.images.shape[1], pre.size, pre.size)))
-    model = speed_up_for_inference(model, compile=compile)
+        compile = loaded.exported is None and should_compile(
+            len(ds), count_macs(loaded.model, (ds.images.shape[1], pre.size, pre.size))
+        )
+    model = loaded.fast(compile)
     loader = BatchLoader(ds, pre, batch_size=batch_size, train=False)
     logits, labels = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
@@ -176,8 +176,9 @@ def predict_files(
     at the first such file instead. A missing path or no image file at all raises DataError either way."""
     from resnetkit.data.folder import list_image_files
 
-    model, pre, classes = load_for_inference(checkpoint)
-    model = speed_up_for_inference(model, compile=False)  # a few images: a compile would not pay off
+    loaded = load_model(checkpoint)
+    pre, classes = loaded.preprocessing, loaded.classes
+    model = loaded.fast(compile=False)  # a few images: a compile would not pay off
     files = list_image_files(paths)
     k = max(1, min(topk, len(classes)))
     results: list[dict[str, Any]] = []

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from resnetkit.explain.images import explain_files
     from resnetkit.inference import load_for_inference
 
-    model, pre, classes = load_for_inference(args.checkpoint)
+    model, pre, classes = load_for_inference(args.checkpoint, exported_ok=False)  # Grad-CAM needs gradients
     records = explain_files(
         model, pre, classes, args.images, args.out, layer=args.layer, methods=METHOD_CHOICES[args.method],
         target_class=args.target_class, strict=args.strict,

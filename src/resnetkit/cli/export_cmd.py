@@ -1,0 +1,36 @@
+"""`resnetkit export`: a checkpoint as a deployable ONNX (fp32 or int8) or torch.export `.pt2` file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from resnetkit.config import DATA_CHOICES
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("export", help="export a checkpoint to ONNX (fp32 / int8) or torch.export .pt2")
+    p.add_argument("--checkpoint", help="run folder, checkpoint, weights file (with --model) or registered name")
+    p.add_argument("--model", help="architecture: untrained alone, or the one a plain weights file is for")
+    p.add_argument("--format", default="onnx", help="onnx | pt2 (default: onnx)")
+    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument("--int8", action="store_true", help="static int8 (ONNX Runtime), calibrated on --data")
+    p.add_argument("--data", choices=DATA_CHOICES, help="int8: calibration images (their training split)")
+    p.add_argument("--data-dir")
+    p.add_argument("--calib-size", type=int, default=512, help="int8: calibration images (default 512)")
+    p.add_argument("--seed", type=int, default=0, help="int8: which calibration images are drawn")
+    p.add_argument("--download", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from resnetkit.deploy import export_checkpoint
+
+    meta = export_checkpoint(
+        args.checkpoint, args.format, args.out, model=args.model, int8=args.int8, data=args.data,
+        data_dir=args.data_dir, calib_size=args.calib_size, seed=args.seed, download=args.download,
+    )  # fmt: skip
+    size = Path(args.out).stat().st_size / 1e6
+    calib = f", calibrated on {meta.calibration['images']} images" if meta.calibration else ""
+    print(f"wrote {args.out}: {meta.format} {meta.precision}, {meta.architecture}, {len(meta.classes)} classes, "
+          f"{size:.2f} MB{calib}")  # fmt: skip
+    return 0

@@ -1,0 +1,48 @@
+"""Export a model to a deployable, self-describing file: ONNX (fp32 or int8) or a torch.export `.pt2`."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from resnetkit.errors import ExportError
+from resnetkit.export.int8 import quantize_onnx
+from resnetkit.export.metadata import FORMATS, INPUT_NAME, META_FILE, META_KEY, OUTPUT_NAME, ExportMeta
+from resnetkit.export.onnx_writer import onnx_proto, save_proto, set_metadata
+from resnetkit.export.pt2_writer import exported_program, save_pt2
+
+__all__ = ["FORMATS", "INPUT_NAME", "META_FILE", "META_KEY", "OUTPUT_NAME", "ExportMeta", "export_model"]
+
+
+def export_model(
+    model: nn.Module, meta: ExportMeta, out: str | Path, *, calibration: Iterable[np.ndarray] | None = None
+) -> ExportMeta:
+    """Write `model` (eval mode, fp32) to `out` in `meta.format`; int8 (ONNX only) when `calibration` batches
+    (normalized float32 NCHW arrays of real images) are given. Returns the metadata written. Nothing is left at
+    `out` if the export fails."""
+    if meta.format not in FORMATS:
+        raise ExportError(f"unknown export format {meta.format!r}; choose one of {', '.join(FORMATS)}")
+    pre = meta.preprocessing_obj()
+    shape = (3, pre.size, pre.size)
+    model = model.float().eval()
+    if meta.format == "pt2":
+        if calibration is not None:
+            raise ExportError("--int8 writes ONNX Runtime int8 files: use --format onnx")
+        save_pt2(exported_program(model, shape), meta, Path(out))
+        return meta
+    proto = onnx_proto(model, shape, meta)
+    if calibration is not None:
+        batches = iter(calibration)
+        first = next(batches, None)
+        if first is None or not len(first):
+            raise ExportError("the calibration set has no images: int8 needs real images (--calib-size > 0)")
+        proto, record = quantize_onnx(proto, itertools.chain([first], batches))
+        meta = replace(meta, precision="int8", calibration=record)
+        set_metadata(proto, meta)
+    save_proto(proto, Path(out))
+    return meta

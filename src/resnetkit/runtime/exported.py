@@ -1,0 +1,172 @@
+"""Exported files as models. An ONNX file runs in an ONNX Runtime session (thread count = torch's), a `.pt2` file
+as torch.export's module; both are an `nn.Module` mapping a normalized float32 NCHW batch to logits, so
+evaluation, prediction, reports and benchmarks use them as they use a checkpoint's model. The format is read
+from the file's contents, never from a flag."""
+
+from __future__ import annotations
+
+import logging
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
+from resnetkit.errors import ExportError
+from resnetkit.export import META_FILE, META_KEY, ExportMeta
+from resnetkit.export.deps import require
+from resnetkit.transforms import Preprocessing
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """An exported file ready to run. `named` is False for an ONNX file without resnetkit metadata: its classes
+    are numbers until the data names them."""
+
+    module: nn.Module
+    preprocessing: Preprocessing
+    classes: list[str]
+    meta: ExportMeta | None
+    runtime: str  # "onnxruntime" | "torch.export"
+    named: bool = True
+
+
+def file_format(path: str | Path) -> str | None:
+    """'onnx', 'pt2', or None for anything else (a checkpoint, a weights file, a folder), from the contents."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    if zipfile.is_zipfile(p):  # torch.save checkpoints are zip archives too; .pt2 ones hold `archive_format`
+        try:
+            with zipfile.ZipFile(p) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return None
+        return "pt2" if any(n.rsplit("/", 1)[-1] == "archive_format" for n in names) else None
+    with open(p, "rb") as f:
+        head = f.read(9)
+    if len(head) == 9 and head[8:9] == b"{":  # safetensors: 8-byte header length, then JSON
+        return None
+    # an ONNX ModelProto opens with its ir_version (protobuf field 1, a varint: byte 0x08)
+    return "onnx" if head[:1] == b"\x08" or p.suffix.lower() == ".onnx" else None
+
+
+def load_exported(path: str | Path) -> LoadedModel:
+    """The model in an exported file, with its preprocessing and classes (one-line ExportErrors otherwise)."""
+    fmt = file_format(path)
+    if fmt == "pt2":
+        return _load_pt2(Path(path))
+    if fmt == "onnx":
+        return _load_onnx(Path(path))
+    raise ExportError(f"{path} is not an exported model (.onnx or .pt2)")
+
+
+class OnnxRuntimeModule(nn.Module):
+    """An ONNX Runtime session behind nn.Module's call: torch tensor in, torch tensor out (on the CPU)."""
+
+    def __init__(self, session: Any) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        batch = session.get_inputs()[0].shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) and batch > 0 else None  # foreign files may fix it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.detach().to("cpu", torch.float32).contiguous()
+        if self.fixed_batch is None or len(x) == self.fixed_batch:
+            return torch.from_numpy(self.session.run([self.output_name], {self.input_name: x.numpy()})[0])
+        n, step = len(x), self.fixed_batch  # run in chunks of the fixed size, the last one zero-padded
+        x = torch.cat([x, x.new_zeros((-n % step, *x.shape[1:]))])
+        return torch.cat([self.forward(x[i : i + step]) for i in range(0, len(x), step)])[:n]
+
+
+class ExportedProgramModule(nn.Module):
+    """torch.export's module behind a plain nn.Module: an exported program is always in inference mode and
+    refuses train()/eval(), which evaluation loops call."""
+
+    def __init__(self, program: torch.export.ExportedProgram) -> None:
+        super().__init__()
+        object.__setattr__(self, "program_module", program.module())  # not a submodule: eval() must not reach it
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.program_module(x)
+
+
+def _load_pt2(path: Path) -> LoadedModel:
+    extra = {META_FILE: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as e:  # noqa: BLE001  an untrusted file: any parse failure means "not a .pt2 file"
+        raise ExportError(f"cannot read {path} as a torch.export .pt2 file: {_first_line(e)}") from None
+    if not extra[META_FILE]:
+        raise ExportError(f"{path} was not made by resnetkit export: it has no {META_FILE} (classes, preprocessing)")
+    meta = ExportMeta.from_json(extra[META_FILE], str(path))
+    module = ExportedProgramModule(program)
+    return LoadedModel(module, meta.preprocessing_obj(), list(meta.classes), meta, "torch.export")
+
+
+def _load_onnx(path: Path) -> LoadedModel:
+    onnx = require("onnx", f"running {path.name}")
+    ort = require("onnxruntime", f"running {path.name}")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001  an untrusted file: any parse failure means "not ONNX"
+        raise ExportError(f"{path} is not an ONNX file: {_first_line(e)}") from None
+    if not len(proto.graph.node):
+        raise ExportError(f"{path} is not an ONNX model (no graph)")
+    shape = _image_input_shape(proto, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # external data too
+    except Exception as e:  # noqa: BLE001  ORT refuses graphs it cannot run with its own exception types
+        raise ExportError(f"ONNX Runtime cannot run {path}: {_first_line(e)}") from None
+    module = OnnxRuntimeModule(session)
+    text = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
+    if text is not None:
+        meta = ExportMeta.from_json(text, str(path))
+        return LoadedModel(module, meta.preprocessing_obj(), list(meta.classes), meta, "onnxruntime")
+    return _foreign(module, shape, path)
+
+
+def _image_input_shape(proto: Any, path: Path) -> list[int | str]:
+    """The (N, C, H, W) of the file's one input; an ExportError says what it takes instead."""
+    weights = {i.name for i in proto.graph.initializer}
+    inputs = [i for i in proto.graph.input if i.name not in weights]
+    dims = [[d.dim_value or d.dim_param or "?" for d in i.type.tensor_type.shape.dim] for i in inputs]
+    if len(inputs) != 1 or len(dims[0]) != 4 or dims[0][1] != 3:
+        shown = ", ".join(f"{i.name} {tuple(d)}" for i, d in zip(inputs, dims, strict=True)) or "nothing"
+        raise ExportError(f"{path} takes {shown}, not one image batch (N, 3, H, W): resnetkit cannot feed it")
+    return dims[0]
+
+
+def _foreign(module: OnnxRuntimeModule, shape: list[int | str], path: Path) -> LoadedModel:
+    """An ONNX file not made by resnetkit: a fixed H x W is needed, the rest is assumed (and said)."""
+    height, width = shape[2], shape[3]
+    if not isinstance(height, int) or height != width:
+        raise ExportError(
+            f"{path} has no resnetkit metadata and its input size is {height} x {width}: resnetkit needs a fixed "
+            "square size to prepare images (export it with `resnetkit export` to carry its preprocessing)"
+        )
+    if height <= 64:
+        pre = Preprocessing("cifar", height, CIFAR10_MEAN, CIFAR10_STD, 1.0)
+    else:
+        pre = Preprocessing("imagenet", height, IMAGENET_MEAN, IMAGENET_STD, 0.875)
+    with torch.no_grad():
+        n_classes = int(module(torch.zeros(1, 3, height, height)).shape[-1])
+    log.warning(
+        "%s has no resnetkit metadata: assuming %s preprocessing at %d px (mean %s, std %s) and %d unnamed classes",
+        path, pre.kind, height, pre.mean, pre.std, n_classes,
+    )  # fmt: skip
+    return LoadedModel(module, pre, [str(i) for i in range(n_classes)], None, "onnxruntime", named=False)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -1,0 +1,57 @@
+"""One loader for everything a command can run: a checkpoint file or run folder, registered pretrained weights
+(e.g. "resnet20.rk_cifar10"), or an exported `.onnx` / `.pt2` file; `Loaded.fast` gives the model to run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from resnetkit.checkpoint import load_checkpoint, model_from_checkpoint
+from resnetkit.engine.fastpath import speed_up_for_inference
+from resnetkit.models import create_model
+from resnetkit.runtime.exported import LoadedModel, file_format, load_exported
+from resnetkit.transforms import Preprocessing, preprocessing_for
+from resnetkit.weights.registry import SHIPPED, get_weights, is_weights_name
+
+
+@dataclass
+class Loaded:
+    """A model ready for inference and what describes it."""
+
+    model: nn.Module  # eval mode
+    preprocessing: Preprocessing
+    classes: list[str]
+    architecture: str  # registry name ("" for a foreign ONNX file)
+    config: dict[str, Any] = field(default_factory=dict)  # the run's recorded config (checkpoints only)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    file: Path | None = None  # the file the weights were read from
+    sha256: str = ""  # of that file, where it is known without reading it (registered weights)
+    exported: LoadedModel | None = None
+
+    def fast(self, compile: bool) -> nn.Module:
+        """The PyTorch fast path (engine.fastpath); an exported file's model is already its runtime's."""
+        return self.model if self.exported is not None else speed_up_for_inference(self.model, compile=compile)
+
+
+def load_model(source: str | Path) -> Loaded:
+    """`source` as a model for inference; one-line errors for what cannot be read."""
+    if isinstance(source, str) and is_weights_name(source):
+        entry = get_weights(source)
+        model = create_model(entry.architecture, weights=source).eval()
+        kind = "cifar" if entry.data_config.crop_pct >= 1.0 else "imagenet"
+        file = SHIPPED / entry.url if entry.shipped else None
+        pre = preprocessing_for(entry.data_config, kind)
+        return Loaded(model, pre, list(entry.classes), entry.architecture, file=file, sha256=entry.sha256)
+    if file_format(source) is not None:
+        exported = load_exported(source)
+        arch = exported.meta.architecture if exported.meta else ""
+        return Loaded(exported.module, exported.preprocessing, exported.classes, arch, file=Path(source),
+                      exported=exported)  # fmt: skip
+    ckpt = load_checkpoint(source)
+    return Loaded(
+        model_from_checkpoint(ckpt), Preprocessing.from_dict(ckpt["preprocessing"]), list(ckpt["classes"]),
+        ckpt["model_name"], dict(ckpt.get("config") or {}), dict(ckpt["model_kwargs"]), Path(ckpt["path"]),
+    )  # fmt: skip

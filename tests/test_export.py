@@ -1,0 +1,212 @@
+"""Deploy (issue 16): `resnetkit export` to ONNX (fp32 and int8) and torch.export `.pt2`, and every inference
+command running the exported file on its own runtime, on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import resnetkit
+from resnetkit.cli.main import main
+from resnetkit.constants import VERSION
+from resnetkit.data.cifar import load_cifar
+from resnetkit.transforms import preprocessing_for
+from resnetkit.weights.registry import SHIPPED, get_weights
+
+from conftest import require_module, shared_data
+
+onnx = require_module("onnx")
+ort = require_module("onnxruntime")
+WEIGHTS = "resnet20.rk_cifar10"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
+    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture(scope="module")
+def cifar() -> str:
+    return str(shared_data("cifar-10-batches-bin"))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, cifar) -> dict[str, Path]:
+    """The shipped ResNet-20 as fp32 ONNX, int8 ONNX and .pt2, made once through the CLI."""
+    folder = tmp_path_factory.mktemp("exported")
+    files = {"onnx": folder / "r20.onnx", "int8": folder / "r20_int8.onnx", "pt2": folder / "r20.pt2"}
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--out", str(files["onnx"])]) == 0
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--format", "pt2", "--out", str(files["pt2"])]) == 0
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--int8", "--data", "cifar10", "--data-dir", cifar,
+                 "--out", str(files["int8"])]) == 0  # fmt: skip
+    return files
+
+
+def _test_images(cifar: str, n: int) -> torch.Tensor:
+    """The first n CIFAR-10 test images, normalized as the shipped weights expect."""
+    ds = load_cifar(cifar, "cifar10", "test", progress=False)
+    pre = preprocessing_for(get_weights(WEIGHTS).data_config, "cifar")
+    return pre.eval_batch(ds.images[:n])
+
+
+def _eval(capsys, checkpoint: str | Path, cifar: str) -> dict:
+    assert main(["-q", "eval", "--checkpoint", str(checkpoint), "--data", "cifar10", "--data-dir", cifar,
+                 "--json", "--no-compile"]) == 0  # fmt: skip
+    return json.loads(capsys.readouterr().out)
+
+
+def test_onnx_runtime_logits_equal_pytorch_at_batch_1_and_256(exported, cifar) -> None:
+    x = _test_images(cifar, 1000)
+    with torch.no_grad():
+        want = resnetkit.create_model("resnet20", weights=WEIGHTS).eval()(x).numpy()
+    session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    one = np.concatenate([session.run(None, {name: x[i : i + 1].numpy()})[0] for i in range(len(x))])
+    big = np.concatenate([session.run(None, {name: x[i : i + 256].numpy()})[0] for i in range(0, len(x), 256)])
+    assert one.shape == big.shape == (1000, 10)
+    assert np.abs(one - want).max() <= 1e-4 and np.abs(big - want).max() <= 1e-4
+    ops = {n.op_type for n in onnx.load(str(exported["onnx"])).graph.node}
+    assert "Conv" in ops and "BatchNormalization" not in ops  # folded into the convolutions
+
+
+def test_exported_files_describe_themselves(exported) -> None:
+    meta = json.loads(next(p.value for p in onnx.load(str(exported["onnx"])).metadata_props if p.key == "resnetkit"))
+    entry = get_weights(WEIGHTS)
+    assert meta["classes"] == list(entry.classes) and meta["architecture"] == "resnet20"
+    assert meta["preprocessing"]["size"] == 32 and meta["preprocessing"]["mean"] == list(entry.data_config.mean)
+    assert meta["resnetkit_version"] == VERSION and meta["precision"] == "fp32" and meta["format"] == "onnx"
+    assert meta["source_sha256"] == hashlib.sha256((SHIPPED / entry.url).read_bytes()).hexdigest()
+    extra = {"resnetkit.json": ""}
+    torch.export.load(str(exported["pt2"]), extra_files=extra)
+    assert json.loads(extra["resnetkit.json"])["classes"] == list(entry.classes)
+    int8 = onnx.load(str(exported["int8"]))
+    meta8 = json.loads(next(p.value for p in int8.metadata_props if p.key == "resnetkit"))
+    assert meta8["precision"] == "int8" and meta8["calibration"]["images"] == 512
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in int8.graph.node}
+    assert exported["int8"].stat().st_size < 0.4 * exported["onnx"].stat().st_size  # int8 weights: a quarter
+
+
+def test_eval_on_every_format_gives_the_checkpoints_top1(exported, cifar, capsys) -> None:
+    """All 10,000 test images: fp32 ONNX and .pt2 score what the weights score; int8 within 0.5 points."""
+    ref = _eval(capsys, WEIGHTS, cifar)
+    for kind in ("onnx", "pt2", "int8"):
+        res = _eval(capsys, exported[kind], cifar)
+        assert res["n"] == 10_000 and res["classes"] == ref["classes"]
+        if kind == "int8":
+            assert abs(res["top1"] - ref["top1"]) <= 0.005, res["top1"]
+        else:
+            assert res["top1"] == ref["top1"] and res["confusion_matrix"] == ref["confusion_matrix"]
+
+
+def test_predict_runs_every_format(exported, tmp_path, capsys) -> None:
+    from resnetkit.data import load_sample
+    from resnetkit.data.export import write_example_images
+
+    folder = write_example_images(load_sample("test"), tmp_path / "ex")
+    tops = {}
+    for kind in (WEIGHTS, *exported):
+        assert main(["-q", "predict", "--checkpoint", str(exported.get(kind, kind)), str(folder), "--json"]) == 0
+        tops[kind] = [[c["class"] for c in p["top"][:1]] for p in json.loads(capsys.readouterr().out)]
+    assert len(tops[WEIGHTS]) == 10
+    assert tops["onnx"] == tops["pt2"] == tops[WEIGHTS]
+    assert sum(a == b for a, b in zip(tops["int8"], tops[WEIGHTS], strict=True)) >= 9
+
+
+def test_explain_refuses_an_exported_file(exported, tmp_path, capsys) -> None:
+    code = main(["explain", "--checkpoint", str(exported["onnx"]), str(tmp_path), "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert code == 2 and "without gradients" in err and err.count("\n") == 1
+
+
+def _fails(capsys, *args: str) -> str:
+    code = main(["export", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("resnetkit: error:") and err.count("\n") == 1, err
+    return err
+
+
+def test_bad_exports_fail_in_one_line_and_write_nothing(tmp_path, capsys, cifar) -> None:
+    out = tmp_path / "out" / "m.onnx"
+    base = ["--checkpoint", WEIGHTS, "--out", str(out)]
+    assert "unknown export format 'tflite'" in _fails(capsys, *base, "--format", "tflite")
+    assert "--int8 calibrates on real images" in _fails(capsys, *base, "--int8")
+    assert "--calib-size must be at least 1" in _fails(capsys, *base, "--int8", "--data", "cifar10", "--data-dir",
+                                                          cifar, "--calib-size", "0")  # fmt: skip
+    assert "use --format onnx" in _fails(capsys, *base, "--int8", "--format", "pt2", "--data", "cifar10")
+    assert "say what to export" in _fails(capsys, "--out", str(out))
+    assert not out.parent.exists() or not list(out.parent.iterdir())  # no file, no temporary left behind
+
+
+def test_a_missing_extra_is_named(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed: import raises ImportError
+    err = _fails(capsys, "--checkpoint", WEIGHTS, "--out", str(tmp_path / "m.onnx"))
+    assert "pip install 'resnetkit[deploy]'" in err and "onnxscript" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_files_that_are_not_resnetkit_onnx(tmp_path, capsys, cifar) -> None:
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    code = main(["eval", "--checkpoint", str(text), "--data", "cifar10", "--data-dir", cifar])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not an ONNX" in err and err.count("\n") == 1
+
+    # a plain torch.onnx export of the same weights: no metadata, still runs (CIFAR statistics assumed at 32 px)
+    model = resnetkit.create_model("resnet20", weights=WEIGHTS).eval()
+    foreign = tmp_path / "foreign.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 3, 32, 32),), str(foreign), dynamo=True, verbose=False)
+    assert main(["-q", "eval", "--checkpoint", str(foreign), "--data", "cifar10", "--data-dir", cifar, "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["top1"] == get_weights(WEIGHTS).metrics["cifar10_test_top1"] and res["classes"][3] == "cat"
+
+    class TwoInputs(torch.nn.Module):
+        def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return a + b
+
+    two = tmp_path / "two.onnx"
+    torch.onnx.export(TwoInputs().eval(), (torch.zeros(1, 4), torch.zeros(1, 4)), str(two), dynamo=True, verbose=False)
+    code = main(["eval", "--checkpoint", str(two), "--data", "cifar10", "--data-dir", cifar])
+    err = capsys.readouterr().err
+    assert code == 2 and "not one image batch (N, 3, H, W)" in err and err.count("\n") == 1
+
+
+def test_classes_that_do_not_match_the_data_are_refused(exported, capsys) -> None:
+    folder = shared_data("cats_vs_dogs")
+    code = main(["eval", "--checkpoint", str(exported["onnx"]), "--data", "folder", "--data-dir", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and "classes" in err and "differ" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_resnet50_at_224_round_trips(tmp_path, capsys) -> None:
+    """An untrained ImageNet-style ResNet-50 (random weights, BatchNorm statistics randomized so folding matters)
+    agrees with PyTorch to 1e-4 relative through ONNX Runtime."""
+    from conftest import randomize_norm_stats
+
+    torch.manual_seed(0)
+    model = randomize_norm_stats(resnetkit.create_model("resnet50")).eval()
+    weights = tmp_path / "r50.pt"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "r50.onnx"
+    assert main(["-q", "export", "--checkpoint", str(weights), "--model", "resnet50", "--out", str(out)]) == 0
+    x = torch.randn(4, 3, 224, 224)
+    with torch.no_grad():
+        want = model(x).numpy()
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x.numpy()})[0]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_report_runs_an_int8_file(exported, cifar, tmp_path, capsys) -> None:
+    out = tmp_path / "report"
+    assert main(["-q", "report", "--checkpoint", str(exported["int8"]), "--data", "cifar10", "--data-dir", cifar,
+                 "--out", str(out), "--json"]) == 0  # fmt: skip
+    res = json.loads(capsys.readouterr().out)
+    assert res["n"] == 10_000 and abs(res["top1"] - get_weights(WEIGHTS).metrics["cifar10_test_top1"]) <= 0.005
+    assert (out / "report.html").is_file() and (out / "confusion.png").stat().st_size > 1000
