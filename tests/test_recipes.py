@@ -70,6 +70,9 @@ PROMISES = {
                                 False, True),
     "cifar10_91_cpu": Promise(CIFAR, 390, 11_700, warmup_cosine(0.2, 1_755, 11_700), (0, 1_754, 1_755, 6_727, 11_699),
                               5e-4, False, True),
+    # 42 epochs (16,380 steps) in bf16, warm-up 6 epochs (2,340 steps) to 0.2
+    "cifar10_bf16_cpu": Promise(CIFAR, 390, 16_380, warmup_cosine(0.2, 2_340, 16_380),
+                                (0, 2_339, 2_340, 9_360, 16_379), 5e-4, False, True),
     # ResNet-56: 60 epochs (23,400 steps), warm-up 3 epochs (1,170 steps) to 0.1
     "cifar10_resnet56": Promise(CIFAR, 390, 23_400, warmup_cosine(0.1, 1_170, 23_400),
                                 (0, 1_169, 1_170, 12_285, 23_399), 5e-4, False, True),
