@@ -165,6 +165,10 @@ def test_files_that_are_not_resnetkit_onnx(tmp_path, capsys, cifar) -> None:
     assert main(["-q", "eval", "--checkpoint", str(foreign), "--data", "cifar10", "--data-dir", cifar, "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["top1"] == get_weights(WEIGHTS).metrics["cifar10_test_top1"] and res["classes"][3] == "cat"
+    code = main(["bench", "infer", "--checkpoint", str(foreign), "--seconds", "0.1"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()  # the warning of what was assumed, then the one error line
+    assert code == 2 and "names no architecture" in lines[-1] and sum("error:" in line for line in lines) == 1
 
     class TwoInputs(torch.nn.Module):
         def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -210,3 +214,44 @@ def test_report_runs_an_int8_file(exported, cifar, tmp_path, capsys) -> None:
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 10_000 and abs(res["top1"] - get_weights(WEIGHTS).metrics["cifar10_test_top1"]) <= 0.005
     assert (out / "report.html").is_file() and (out / "confusion.png").stat().st_size > 1000
+
+
+def _bench(capsys, *args: str) -> dict:
+    assert main(["-q", "bench", *args, "--threads", "1"]) == 0
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_bench_runs_each_format_against_the_eager_fp32_model(exported, capsys) -> None:
+    """bench infer: the file on its runtime against the standard eager model holding the same (source) weights,
+    with batch-1 latency; bench eval: a whole evaluation of the embedded sample's test images."""
+    runtimes = {"onnx": ("onnxruntime", "fp32"), "int8": ("onnxruntime", "int8"), "pt2": ("torch.export", "fp32")}
+    for kind, (runtime, precision) in runtimes.items():
+        r = _bench(capsys, "infer", "--checkpoint", str(exported[kind]), "--batch-size", "4", "--seconds", "0.2")
+        x = r["extra"]
+        assert (x["runtime"], x["precision"], x["same_weights"]) == (runtime, precision, True)
+        assert 0 < x["p50_ms"] <= x["p99_ms"] and 0 < x["baseline_p50_ms"] <= x["baseline_p99_ms"]
+        assert r["images_per_sec"] > 0 and r["baseline_images_per_sec"] > 0
+        assert x["file_mb"] == pytest.approx(exported[kind].stat().st_size / 1e6)
+        if kind == "int8":
+            assert 1e-4 < r["max_abs_diff"] < 3.0  # quantized: close to the fp32 logits, not equal
+        else:
+            assert r["max_abs_diff"] <= 1e-4
+    r = _bench(capsys, "eval", "--checkpoint", str(exported["int8"]))
+    assert r["extra"]["baseline_top1"] > 0.8 and abs(r["extra"]["top1"] - r["extra"]["baseline_top1"]) <= 0.02
+    assert r["extra"]["n"] == 500 and r["bench"] == "eval"
+
+
+def test_damaged_metadata_is_a_one_line_error_and_new_keys_are_ignored(exported, tmp_path, capsys, cifar) -> None:
+    model = onnx.load(str(exported["onnx"]))
+    entry = next(p for p in model.metadata_props if p.key == "resnetkit")
+    meta = json.loads(entry.value)
+    entry.value = json.dumps(meta | {"written_by_a_later_version": True})
+    onnx.save(model, str(tmp_path / "newer.onnx"))
+    assert main(["-q", "eval", "--checkpoint", str(tmp_path / "newer.onnx"), "--data", "sample", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == meta["classes"]
+    for damaged in ("[1, 2]", json.dumps({k: v for k, v in meta.items() if k != "classes"}), "{not json"):
+        entry.value = damaged
+        onnx.save(model, str(tmp_path / "damaged.onnx"))
+        code = main(["eval", "--checkpoint", str(tmp_path / "damaged.onnx"), "--data", "cifar10", "--data-dir", cifar])
+        err = capsys.readouterr().err
+        assert code == 2 and "resnetkit metadata is damaged" in err and err.count("\n") == 1, err

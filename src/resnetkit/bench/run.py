@@ -134,21 +134,24 @@ def bench_infer(
 
 def bench_eval(
     images: torch.Tensor, labels: torch.Tensor, model: nn.Module, pre: Preprocessing, *, model_name: str,
-    batch_size: int = 250, compile: bool | None = None,
+    batch_size: int = 250, compile: bool | None = None, baseline: nn.Module | None = None, deployed: bool = False,
 ) -> BenchResult:  # fmt: skip
     """One whole evaluation of a dataset, end to end, as a user runs it: from the uint8 images in memory to the
     logits of every image. The baseline is the standard evaluation loop (PIL images, ToTensor + Normalize per
     image, a 2-worker DataLoader, the eager model); resnetkit's side is exactly what `resnetkit eval` does (fold
     BatchNorm, channels_last, a compile when `compile` or the dataset's size asks for one, batches normalised
-    as tensors), its preparation included. A second pass of each measures the warm rate."""
+    as tensors), its preparation included. A second pass of each measures the warm rate.
+
+    `deployed`: `model` is an exported file's model (ONNX Runtime, torch.export), run as it is, and `baseline` is
+    the standard eager fp32 model of its architecture (`bench.deployed.baseline_for`)."""
     from resnetkit.data.datasets import ImageTensorDataset
 
     n = len(labels)
     model = model.eval()
-    macs = count_macs(model, (images.shape[1], pre.size, pre.size))
+    baseline_model = baseline if baseline is not None else copy.deepcopy(model)
+    macs = count_macs(baseline_model, (images.shape[1], pre.size, pre.size))
     flops = 2 * macs
-    compile = should_compile(n, macs) if compile is None else compile
-    baseline_model = copy.deepcopy(model)
+    compile = False if deployed else should_compile(n, macs) if compile is None else compile
     dataset = ImageTensorDataset(images, labels, [str(i) for i in range(int(labels.max()) + 1)])
 
     def baseline_pass() -> torch.Tensor:
@@ -161,7 +164,7 @@ def bench_eval(
     base_logits = baseline_pass()
     base_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    fast = speed_up_for_inference(model, compile=compile)
+    fast = model if deployed else speed_up_for_inference(model, compile=compile)
     logits = ours_pass(fast)
     ours_s = time.perf_counter() - t0
     warm = {}

@@ -20,6 +20,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     i.add_argument("--batch-size", type=int, default=8)
     i.add_argument("--seconds", type=float, default=5.0, help="timing window per variant")
     i.add_argument("--no-fold-bn", dest="fold_bn", action="store_false")
+    i.add_argument("--checkpoint", help="a checkpoint, registered name or exported file (.onnx, int8, .pt2), run "
+                   "as deployed; adds batch-1 latency p50/p99")  # fmt: skip
     for k in (t, i):
         k.add_argument("--no-compile", dest="compile", action="store_false")
     e = kinds.add_parser("eval", help="one whole evaluation of the CIFAR-10 test set (or the sample), end to end")
@@ -48,6 +50,11 @@ def run(args: argparse.Namespace) -> int:
                              steps=args.steps, compile=args.compile, amp=args.amp)  # fmt: skip
     elif args.bench == "eval":
         result = _bench_eval(args)
+    elif args.checkpoint:
+        from resnetkit.bench.deployed import bench_infer_checkpoint
+
+        result = bench_infer_checkpoint(args.checkpoint, batch_size=args.batch_size, seconds=args.seconds,
+                                        compile=args.compile, fold_bn=args.fold_bn)  # fmt: skip
     else:
         result = bench_infer(args.model, batch_size=args.batch_size, seconds=args.seconds, compile=args.compile,
                              fold_bn=args.fold_bn)  # fmt: skip
@@ -58,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
                                                           r["latency_ms"])):  # fmt: skip
         print(f"{who:<12}{ips:>10.1f}{gf:>10.1f}" + (f"{lat:>12.2f}" if lat else ""))
     amp = ", bf16 autocast" if (r["extra"] or {}).get("amp") else ""
+    x = r["extra"] or {}
+    if "p50_ms" in x:
+        print(f"batch 1: p50 {x['p50_ms']:.2f} ms, p99 {x['p99_ms']:.2f} ms (baseline p50 {x['baseline_p50_ms']:.2f} "
+              f"ms, p99 {x['baseline_p99_ms']:.2f} ms; {x['baseline_p50_ms'] / x['p50_ms']:.2f}x); {x['runtime']}, "
+              f"{x['precision']}")  # fmt: skip
     print(f"ratio {r['ratio']:.2f}x  (compiled: {r['compiled']}{amp}, threads: {r['threads']}"
           + (f", max |diff| {r['max_abs_diff']:.2e})" if r["max_abs_diff"] is not None else ")"))  # fmt: skip
     if r["bench"] == "eval":
@@ -74,19 +86,25 @@ def run(args: argparse.Namespace) -> int:
 def _bench_eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from resnetkit.bench.run import bench_eval
     from resnetkit.data.cifar import load_cifar, load_sample
-    from resnetkit.inference import load_for_inference
     from resnetkit.models import create_model
     from resnetkit.transforms import preprocessing_for
 
     ds = load_cifar(args.data_dir, "cifar10", "test", progress=False) if args.data_dir else load_sample("test")
     if args.checkpoint:
+        from resnetkit.bench.deployed import baseline_for
         from resnetkit.errors import DataError
+        from resnetkit.runtime import load_model
 
-        model, pre, classes = load_for_inference(args.checkpoint)
+        loaded = load_model(args.checkpoint)
+        pre, classes = loaded.preprocessing, loaded.classes
         if pre.kind != "cifar" or pre.size != 32 or len(classes) != len(ds.classes):
             raise DataError(f"{args.checkpoint} is not a 32x32, {len(ds.classes)}-class CIFAR model: bench eval "
                             "runs the CIFAR-10 test set")  # fmt: skip
-        name = args.checkpoint
+        if loaded.exported is not None:
+            baseline, _ = baseline_for(loaded)
+            return bench_eval(ds.images, ds.labels, loaded.model, pre, model_name=args.checkpoint,
+                              batch_size=args.batch_size, baseline=baseline, deployed=True)  # fmt: skip
+        model, name = loaded.model, args.checkpoint
     else:
         import torch
 

@@ -87,9 +87,22 @@ def _configure_logging(quiet: bool) -> None:
     """resnetkit's own log lines on stderr, bare; other libraries keep their warnings-only default."""
     logger = logging.getLogger("resnetkit")
     if not logger.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.INFO)
     # torch.compile on a CPU-only machine warns that no CUDA runtime exists: true, and not the user's problem.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time of each record: a program (or a test) that replaces stderr
+    after the first command would otherwise leave the handler writing to a closed stream."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; the property decides
+        pass

@@ -6,7 +6,7 @@ extra file `resnetkit.json` of their archive."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from resnetkit.constants import VERSION
@@ -42,9 +42,10 @@ class ExportMeta:
         """Parse and check; a one-line ExportError names the file and what is wrong."""
         try:
             values = json.loads(text)
-            meta = cls(**{**values, "classes": tuple(values["classes"])})
+            known = {f.name for f in fields(cls)}  # a later version's extra keys are ignored, not an error
+            meta = cls(**{k: v for k, v in values.items() if k in known} | {"classes": tuple(values["classes"])})
             meta.preprocessing_obj()
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
             raise ExportError(f"{where}: its resnetkit metadata is damaged ({type(e).__name__}: {e})") from None
         if not all(isinstance(c, str) for c in meta.classes) or not meta.classes:
             raise ExportError(f"{where}: its resnetkit metadata names no classes")
