@@ -140,10 +140,8 @@ def bench_eval(
     logits of every image. The baseline is the standard evaluation loop (PIL images, ToTensor + Normalize per
     image, a 2-worker DataLoader, the eager model); resnetkit's side is exactly what `resnetkit eval` does (fold
     BatchNorm, channels_last, a compile when `compile` or the dataset's size asks for one, batches normalised
-    as tensors), its preparation included. A second pass of each measures the warm rate.
-
-    `deployed`: `model` is an exported file's model (ONNX Runtime, torch.export), run as it is, and `baseline` is
-    the standard eager fp32 model of its architecture (`bench.deployed.baseline_for`)."""
+    as tensors), its preparation included. A second pass of each measures the warm rate. `deployed`: `model` is
+    an exported file's model, run as it is, and `baseline` the eager fp32 model (`bench.deployed.baseline_for`)."""
     from resnetkit.data.datasets import ImageTensorDataset
 
     n = len(labels)
