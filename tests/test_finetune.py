@@ -61,7 +61,8 @@ def test_full_finetuning_uses_a_lower_backbone_lr_and_round_trips(tmp_path: Path
     data = shared_data("cats_vs_dogs")
     run = tmp_path / "ft"
     assert main(["-q", "finetune", "--weights", "resnet20.rk_cifar10", "--data-dir", str(data), "--out", str(run),
-                 "--backbone-lr-mult", "0.1", "--freeze-bn", *TINY]) == 0  # fmt: skip
+                 "--backbone-lr-mult", "0.1", "--freeze-bn", *TINY, "--train-subset", "256",
+                 "--max-steps", "30"]) == 0  # fmt: skip
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     lrs = [g["initial_lr"] for g in ckpt["optimizer"]["param_groups"]]
     assert lrs == [pytest.approx(0.01), pytest.approx(0.001)]  # head, backbone
@@ -73,7 +74,9 @@ def test_full_finetuning_uses_a_lower_backbone_lr_and_round_trips(tmp_path: Path
                  "--json"]) == 0  # fmt: skip
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 1000 and len(res["confusion_matrix"]) == 2
-    assert res["top1"] > 0.6  # CIFAR-10 features and 3 steps already beat chance (0.5 +- 0.016) clearly (0.68)
+    # CIFAR-10 features and 30 steps beat chance (0.5 +- 0.016) clearly: 0.80-0.86 for seeds 0-2 (after 3 or 10
+    # steps the fresh head still decides: 0.32-0.62, which a 3-step version of this test met only by its seed's luck)
+    assert res["top1"] > 0.7
     # predict's top-1 is eval's argmax on the same images: 40 held-out photos copied to a folder of their own
     sub = tmp_path / "sub"
     for name in ("cat", "dog"):
