@@ -17,7 +17,7 @@ LEVELS = {
     **dict.fromkeys(["data", "optim", "checkpoint", "compress"], 5),
     "models": 4,
     "weights": 3,
-    **dict.fromkeys(["layers", "transforms", "metrics", "distributed", "fetch", "files", "plots"], 2),
+    **dict.fromkeys(["layers", "transforms", "metrics", "distributed", "fetch", "files", "plots", "hardware"], 2),
     **dict.fromkeys(["config", "model_registry"], 1),
     **dict.fromkeys(["constants", "errors"], 0),
 }

@@ -4,6 +4,8 @@ on resume. fp16 autocast and torch.amp.GradScaler both run on the CPU, so the sc
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from resnetkit.cli.main import main
 from resnetkit.config import ConfigError, TrainConfig
 from resnetkit.engine import device, runner
 from resnetkit.engine.device import autocast_dtype, make_grad_scaler
+from resnetkit.export.int8 import has_vnni
 
 import faults
 
@@ -166,3 +169,17 @@ def test_amp_is_true_false_or_null(value) -> None:
     with pytest.raises(ConfigError, match="amp in config must be true or false"):
         TrainConfig.from_dict({"amp": value})
     assert TrainConfig.from_dict({"amp": None}).amp is None
+
+
+@pytest.mark.skipif(shutil.which("lscpu") is None, reason="lscpu (util-linux) is not installed")
+def test_the_cpu_is_named_and_its_flags_read_as_lscpu_shows_them() -> None:
+    """The bf16 cache key starts with the CPU's model name and lists exactly the bf16/AMX flags lscpu shows; the
+    int8 export's VNNI check agrees with lscpu's flags."""
+    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env={"LC_ALL": "C"}).stdout
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
+    flags = set(fields.get("Flags", "").split())
+    signature = device.cpu_signature()
+    assert signature.startswith(fields["Model name"])
+    for flag in ("avx512_bf16", "amx_bf16", "avx512f"):
+        assert (f" {flag}" in signature) == (flag in flags)
+    assert has_vnni() == bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags or not flags)

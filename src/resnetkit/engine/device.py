@@ -11,6 +11,7 @@ from torch import nn
 
 from resnetkit.config import ConfigError
 from resnetkit.files import atomic_write, cache_dir
+from resnetkit.hardware import cpu_info
 
 # A compile costs about a minute here; below this many training images it would not pay for itself.
 COMPILE_AFTER_IMAGES = 200_000
@@ -116,18 +117,7 @@ def bf16_cache_key() -> str:
 
 def cpu_signature() -> str:
     """The CPU's model name and its flags that decide bf16 speed (`lscpu` shows the same)."""
-    name, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            field, _, value = line.partition(":")
-            if field.strip() == "model name" and name == "unknown CPU":
-                name = value.strip()
-            elif field.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        import platform
-
-        name = platform.processor() or platform.machine() or name
+    name, flags = cpu_info()
     wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "avx_vnni")
     return " ".join([name, *(f for f in wanted if f in flags)])
 

@@ -22,18 +22,16 @@ import numpy as np
 
 from resnetkit.export.deps import require
 from resnetkit.export.metadata import INPUT_NAME
+from resnetkit.hardware import cpu_flags
 
 PERCENTILE = 99.999
 
 
 def has_vnni() -> bool:
-    """Whether the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # not Linux: ORT's own default
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags))
+    """Whether the CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX); True where the flags
+    cannot be read (not Linux: ORT's own default)."""
+    flags = cpu_flags()
+    return not flags or bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
 
 
 def quantize_onnx(fp32_proto: Any, batches: Iterable[np.ndarray]) -> tuple[Any, dict[str, Any]]:
