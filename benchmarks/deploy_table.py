@@ -60,7 +60,7 @@ def main(path: str) -> None:
     print("|---|---|---:|---:|---:|---:|---:|")
     order = ["eager PyTorch fp32", "fast path (fp32)", "ONNX Runtime fp32", "ONNX Runtime int8"]
     for (model, form), c in sorted(cells.items(), key=lambda kv: (kv[0][0], order.index(kv[0][1]))):
-        print(f"| {model} | {form} | {c.get('size') or '':.3} | "
+        print(f"| {model} | {form} | {'' if c.get('size') is None else format(c['size'], '.2f')} | "
               + (f"{100 * c['top1']:.2f}%" if "top1" in c else "—") + " | "
               + num(c.get("eval_ips"), c.get("eval_x"), ".0f") + " | "
               + (num(c.get("ips"), c.get("ips_x"), ".0f") + f" B={c['b']}" if "ips" in c else "") + " | "

@@ -62,7 +62,10 @@ def torchao_int8(model: torch.nn.Module, calib: list[torch.Tensor], example: tor
 
 def measure(name: str, make, test: list[torch.Tensor], labels: torch.Tensor | None) -> dict:
     t0 = time.perf_counter()
-    run = make()
+    try:
+        run = make()
+    except Exception as e:  # a backend that cannot quantize this model is a result too
+        return {"backend": name, "error": f"{type(e).__name__}: {e}"}
     with torch.no_grad():
         run(test[0])  # a compile happens here
         prep = time.perf_counter() - t0

@@ -255,3 +255,74 @@ def test_damaged_metadata_is_a_one_line_error_and_new_keys_are_ignored(exported,
         code = main(["eval", "--checkpoint", str(tmp_path / "damaged.onnx"), "--data", "cifar10", "--data-dir", cifar])
         err = capsys.readouterr().err
         assert code == 2 and "resnetkit metadata is damaged" in err and err.count("\n") == 1, err
+
+
+def test_int8_calibration_holds_one_batch_of_activations_at_a_time(cifar, monkeypatch) -> None:
+    """ORT's histogram calibrator would keep every activation of every calibration batch (ResNet-50 at 224 px:
+    ~40 MB an image; 512 images ran this 24 GiB machine out of memory); resnetkit feeds it one batch per
+    collection, so each histogram update sees one batch."""
+    from onnxruntime.quantization import calibrate
+
+    from resnetkit.export.int8 import quantize_onnx
+    from resnetkit.export.metadata import ExportMeta
+    from resnetkit.export.onnx_writer import onnx_proto
+    from resnetkit.models import create_model
+
+    seen: list[int] = []
+    original = calibrate.HistogramCollector.collect
+
+    def spy(self, name_to_arr):  # noqa: ANN001, ANN202
+        seen.append(max(len(arrays) for arrays in name_to_arr.values()))
+        return original(self, name_to_arr)
+
+    monkeypatch.setattr(calibrate.HistogramCollector, "collect", spy)
+    torch.manual_seed(0)
+    model = create_model("resnet20").eval()
+    pre = preprocessing_for(model.default_cfg, "cifar")
+    meta = ExportMeta(
+        architecture="resnet20",
+        classes=tuple("abcdefghij"),
+        preprocessing=pre.to_dict(),
+        format="onnx",
+        source="test",
+        source_sha256="",
+    )
+    images = _test_images(cifar, 48)
+    batches = [images[i : i + 16].numpy() for i in range(0, 48, 16)]
+    _, record = quantize_onnx(onnx_proto(model, (3, 32, 32), meta), batches)
+    assert seen == [1, 1, 1]
+    assert record["images"] == 48
+
+
+def test_onnx_files_are_fed_nchw_batches_without_a_copy(exported, cifar) -> None:
+    """ONNX Runtime takes NCHW arrays: evaluation prepares its batches in that layout for an ONNX file (a
+    channels_last batch would be copied back on every call) and channels_last for PyTorch models."""
+    from resnetkit.data.datasets import ImageTensorDataset
+    from resnetkit.data.loader import BatchLoader
+    from resnetkit.runtime import load_model
+
+    ds = load_cifar(cifar, "cifar10", "test", progress=False)
+    small = ImageTensorDataset(ds.images[:8], ds.labels[:8], list(ds.classes))
+    for source, contiguous in ((exported["onnx"], True), (exported["int8"], True), (WEIGHTS, False)):
+        loaded = load_model(source)
+        x, _ = next(BatchLoader(small, loaded.preprocessing, batch_size=8, train=False,
+                                memory_format=loaded.memory_format).epoch())  # fmt: skip
+        assert x.is_contiguous() == contiguous
+        assert x.is_contiguous(memory_format=torch.channels_last) != contiguous
+
+
+def test_torch_steps_aside_while_onnx_runtime_computes(exported) -> None:
+    """Around an ONNX Runtime model's loop torch runs on one thread (ORT has its own pool; two pools on the same
+    cores stall each other) and gets its threads back afterwards; PyTorch models keep torch's threads."""
+    from resnetkit.runtime import host_threads, load_model
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with host_threads(load_model(exported["int8"]).model):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with host_threads(load_model(WEIGHTS).model):
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -18,7 +18,7 @@ from resnetkit.engine.fastpath import should_compile
 from resnetkit.engine.predictions import Predictions, collect_logits
 from resnetkit.errors import DataError, ExportError
 from resnetkit.models import count_macs
-from resnetkit.runtime import load_model
+from resnetkit.runtime import host_threads, load_model
 from resnetkit.transforms import Preprocessing, center_crop
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,9 @@ def predict_split(
             len(ds), count_macs(loaded.model, (ds.images.shape[1], pre.size, pre.size))
         )
     model = loaded.fast(compile)
-    loader = BatchLoader(ds, pre, batch_size=batch_size, train=False)
-    logits, labels = collect_logits(model, loader, tta_flip=tta_flip)
+    loader = BatchLoader(ds, pre, batch_size=batch_size, train=False, memory_format=loaded.memory_format)
+    with host_threads(model):
+        logits, labels = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
     ids = list(ds.info["files"]) if data == "folder" else [str(i) for i in range(len(ds))]
     images = center_crop(ds.images, pre.size) if keep_images else None  # as the model sees them, for figures

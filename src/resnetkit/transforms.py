@@ -50,6 +50,8 @@ class DataConfig:
 
 # --- Batched preprocessing on uint8 tensors (issue 3): one definition for train, eval and predict ---------------
 
+CHANNELS_LAST = torch.channels_last  # the layout of the batches PyTorch models get
+
 PRESETS = ("cifar", "imagenet", "none")
 Part = tuple[int, int] | None  # (first row, rows in the whole batch) when a batch is split across processes
 
@@ -83,16 +85,17 @@ class Preprocessing:
     def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 255] float (N, C, H, W) -> normalised float32, channels_last (faster convolutions on CPU)."""
+    def normalize(self, images: torch.Tensor, memory_format: torch.memory_format = CHANNELS_LAST) -> torch.Tensor:
+        """uint8 or [0, 255] float (N, C, H, W) -> normalised float32, channels_last (faster convolutions on CPU;
+        `torch.contiguous_format` for runtimes that take NCHW arrays, such as ONNX Runtime)."""
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=images.device).view(1, -1, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=images.device)
         x = images.float() * scale - shift.view(1, -1, 1, 1)
-        return x.contiguous(memory_format=torch.channels_last)
+        return x.contiguous(memory_format=memory_format)
 
-    def eval_batch(self, images: torch.Tensor) -> torch.Tensor:
+    def eval_batch(self, images: torch.Tensor, memory_format: torch.memory_format = CHANNELS_LAST) -> torch.Tensor:
         """Deterministic view: the center `size` crop of the stored images, normalised."""
-        return self.normalize(center_crop(images, self.size))
+        return self.normalize(center_crop(images, self.size), memory_format)
 
     def train_batch(self, images: torch.Tensor, gen: torch.Generator, part: Part = None) -> torch.Tensor:
         """Random augmentation drawn per image from `gen` (seeded per batch, so runs are reproducible).

@@ -29,6 +29,7 @@ from resnetkit.engine.loop import train_step
 from resnetkit.engine.predictions import collect_logits
 from resnetkit.models import count_macs, create_model
 from resnetkit.optim import build_sgd
+from resnetkit.runtime import host_threads
 from resnetkit.transforms import Preprocessing, preprocessing_for
 
 
@@ -140,23 +141,25 @@ def bench_eval(
     logits of every image. The baseline is the standard evaluation loop (PIL images, ToTensor + Normalize per
     image, a 2-worker DataLoader, the eager model); resnetkit's side is exactly what `resnetkit eval` does (fold
     BatchNorm, channels_last, a compile when `compile` or the dataset's size asks for one, batches normalised
-    as tensors), its preparation included. A second pass of each measures the warm rate. `deployed`: `model` is
-    an exported file's model, run as it is, and `baseline` the eager fp32 model (`bench.deployed.baseline_for`)."""
+    as tensors), its preparation included. A second pass of each measures the warm rate. `deployed`: `model` is an
+    exported file's model, run as it is on NCHW batches, `baseline` the eager fp32 model (`deployed.baseline_for`)."""
     from resnetkit.data.datasets import ImageTensorDataset
 
     n = len(labels)
     model = model.eval()
     baseline_model = baseline if baseline is not None else copy.deepcopy(model)
-    macs = count_macs(baseline_model, (images.shape[1], pre.size, pre.size))
-    flops = 2 * macs
-    compile = False if deployed else should_compile(n, macs) if compile is None else compile
+    flops = 2 * count_macs(baseline_model, (images.shape[1], pre.size, pre.size))
+    compile = False if deployed else should_compile(n, flops // 2) if compile is None else compile
+    layout = torch.contiguous_format if deployed else torch.channels_last  # ONNX Runtime takes NCHW arrays
     dataset = ImageTensorDataset(images, labels, [str(i) for i in range(int(labels.max()) + 1)])
 
     def baseline_pass() -> torch.Tensor:
         return standard_evaluate(baseline_model, standard_eval_loader(images, labels, batch_size))
 
     def ours_pass(fast: nn.Module) -> torch.Tensor:
-        return collect_logits(fast, BatchLoader(dataset, pre, batch_size=batch_size, train=False))[0]
+        loader = BatchLoader(dataset, pre, batch_size=batch_size, train=False, memory_format=layout)
+        with host_threads(fast):
+            return collect_logits(fast, loader)[0]
 
     t0 = time.perf_counter()
     base_logits = baseline_pass()
@@ -177,7 +180,6 @@ def bench_eval(
              "baseline_top1": top1["baseline"], "seconds": ours_s, "baseline_seconds": base_s}  # fmt: skip
     ours_ips, base_ips = n / ours_s, n / base_s
     compiled = isinstance(fast, CompiledOrEager) and fast.compiled
-    diff = float((logits - base_logits).abs().max())
     return BenchResult("eval", model_name, batch_size, torch.get_num_threads(), ours_ips, base_ips,
-                       ours_ips / base_ips, ours_ips * flops / 1e9, base_ips * flops / 1e9, compiled, diff,
-                       extra=extra)  # fmt: skip
+                       ours_ips / base_ips, ours_ips * flops / 1e9, base_ips * flops / 1e9, compiled,
+                       float((logits - base_logits).abs().max()), extra=extra)  # fmt: skip

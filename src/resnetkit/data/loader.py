@@ -35,6 +35,7 @@ class BatchLoader:
         rank: int = 0,
         world_size: int = 1,
         dtype: torch.dtype = torch.float32,
+        memory_format: torch.memory_format = torch.channels_last,
     ) -> None:
         if len(dataset) == 0:
             raise ValueError("cannot batch an empty dataset")
@@ -46,7 +47,7 @@ class BatchLoader:
         self.train = train
         self.seed = seed
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.dtype, self.memory_format = dtype, memory_format  # evaluation batches' layout
         self.rank, self.world_size = rank, world_size
         self.local_rows = shard(self.batch_size, rank, world_size)  # this process's rows of each train batch
         self.eval_items = shard(len(dataset), rank, world_size)  # this process's share of an evaluation
@@ -63,7 +64,8 @@ class BatchLoader:
         return torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(mix_seed(self.seed, epoch)))
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Batches `start`.. of `epoch` as (images channels_last in `dtype`, labels int64) on the device."""
+        """Batches `start`.. of `epoch` as (images in `dtype`, labels int64) on the device; images channels_last,
+        evaluation batches in `memory_format`."""
         order = self._order(epoch)
         rows = self.local_rows
         for index in range(start, len(self)):
@@ -76,7 +78,7 @@ class BatchLoader:
                 part = (rows.start, self.batch_size) if self.world_size > 1 else None
                 x = self.preprocessing.train_batch(images, gen, part)
             else:
-                x = self.preprocessing.eval_batch(images)
+                x = self.preprocessing.eval_batch(images, self.memory_format)
             yield x.to(self.device, self.dtype, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from resnetkit.checkpoint import load_checkpoint, model_from_checkpoint
@@ -30,6 +31,13 @@ class Loaded:
     file: Path | None = None  # the file the weights were read from
     sha256: str = ""  # of that file, where it is known without reading it (registered weights)
     exported: LoadedModel | None = None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The input layout the model runs fastest on: ONNX Runtime takes NCHW arrays (a channels_last batch would
+        be copied back each call), PyTorch's convolutions on the CPU prefer channels_last."""
+        onnx = self.exported is not None and self.exported.runtime == "onnxruntime"
+        return torch.contiguous_format if onnx else torch.channels_last
 
     def fast(self, compile: bool) -> nn.Module:
         """The PyTorch fast path (engine.fastpath); an exported file's model is already its runtime's."""
