@@ -20,6 +20,10 @@ class DataError(ResnetkitError):
     """A dataset folder or file that is missing, malformed, unsafe to read, or fails its checksum."""
 
 
+class ImageTooLarge(DataError):
+    """An image with more pixels than allowed (a decompression bomb, or a photo beyond a service's limit)."""
+
+
 class TrainingInterrupted(ResnetkitError):
     """Ctrl-C: the run stopped at a step boundary and its checkpoint is intact and resumable."""
 

@@ -23,6 +23,7 @@ from resnetkit.cli import (
     models_cmd,
     predict_cmd,
     report_cmd,
+    serve_cmd,
     train_cmd,
 )
 from resnetkit.distributed import launched_rank
@@ -42,6 +43,7 @@ _COMMANDS = {
     "explain": explain_cmd,
     "report": report_cmd,
     "export": export_cmd,
+    "serve": serve_cmd,
     "experiment": experiment_cmd,
     "models": models_cmd,
     "bench": bench_cmd,

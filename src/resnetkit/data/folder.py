@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,7 +23,7 @@ from tqdm import tqdm
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.data.paths import require_folder
 from resnetkit.data.splits import stratified_split
-from resnetkit.errors import DataError
+from resnetkit.errors import DataError, ImageTooLarge
 from resnetkit.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -50,21 +50,31 @@ def is_image_file(path: Path) -> bool:
 # One image
 
 
-def load_image(path: str | Path, size: int) -> torch.Tensor:
-    """Decode one image file to a uint8 (3, size, size) tensor: EXIF-oriented, RGB, short side resized to
-    `size` (bilinear, antialiased) and center-cropped. Raises DataError naming the file if it cannot be read.
+def load_image(
+    path: str | Path | IO[bytes], size: int, *, max_pixels: int | None = None, name: str | None = None
+) -> torch.Tensor:
+    """Decode one image file (or file object, such as an upload) to a uint8 (3, size, size) tensor: EXIF-oriented,
+    RGB, short side resized to `size` (bilinear, antialiased) and center-cropped. Raises DataError naming the file
+    (`name`, else its path) if it cannot be read, ImageTooLarge if it has more than `max_pixels` pixels (checked
+    from the header, before anything is decoded) or trips Pillow's decompression-bomb guard.
 
     A truncated file (an interrupted download) is an error, not an image: Pillow's decoders stop at the missing
     data (ImageFile.LOAD_TRUNCATED_IMAGES is False by default) rather than return a picture with a grey lower part.
     """
-    path = Path(path)
+    where = name or str(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(path if hasattr(path, "read") else Path(path)) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLarge(f"image {where} has {im.width}x{im.height} pixels, more than {max_pixels:,}")
             im.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size
             im = ImageOps.exif_transpose(im)
             rgb = _high_depth_to_rgb(im, size) if im.mode in _FULL_SCALE else _center_square(_to_rgb(im), size)
+    except ImageTooLarge:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(f"image {where}: {decode_error_reason(e)}") from e
     except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on corrupt files
-        raise DataError(f"cannot read image {path}: {decode_error_reason(e)}") from e
+        raise DataError(f"cannot read image {where}: {decode_error_reason(e)}") from e
     return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).clone()
 
 

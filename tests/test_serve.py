@@ -1,0 +1,201 @@
+"""`resnetkit serve` (issue 17): the real server, started in a subprocess on 127.0.0.1 (a free port), talked to
+over HTTP with real cats-vs-dogs and CIFAR-10 images."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnetkit.cli.main import main
+from resnetkit.data.cifar import load_cifar
+
+from conftest import require_module, shared_data
+
+httpx = require_module("httpx")
+require_module("fastapi")
+WEIGHTS = "resnet20.rk_cifar10"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def post(self, files: list[tuple[str, tuple[str, bytes]]] | None = None, **kwargs) -> httpx.Response:
+        return httpx.post(f"{self.url}/v1/predict", files=files, timeout=60, **kwargs)
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=60)
+
+
+def _start(tmp_path: Path, *args: str) -> Server:
+    port = _free_port()
+    log = tmp_path / f"serve-{port}.log"
+    env = {**os.environ, "RESNETKIT_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "resnetkit", "serve", "--checkpoint", WEIGHTS, "--port", str(port), *args]
+    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited: {log.read_text()}"
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return Server(proc, url, log)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise AssertionError(f"the server did not become ready: {log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    s = _start(tmp_path_factory.mktemp("serve"), "--max-body-mb", "1", "--max-delay-ms", "100", "--threads", "1",
+               "--max-queue", "8")  # fmt: skip
+    yield s
+    assert s.stop() == 0, s.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    """A cat and a dog photo from cats-vs-dogs and the first CIFAR-10 test image written as a PNG."""
+    folder = tmp_path_factory.mktemp("images")
+    cvd = shared_data("cats_vs_dogs")
+    ds = load_cifar(str(shared_data("cifar-10-batches-bin")), "cifar10", "test", progress=False)
+    cifar = folder / "cifar_test_0.png"
+    Image.fromarray(ds.images[0].permute(1, 2, 0).numpy()).save(cifar)
+    first = {kind: sorted((cvd / "val" / kind).glob("*.jpg"))[0] for kind in ("cat", "dog")}
+    return {**first, "cifar": cifar}
+
+
+def _predict_cli(capsys, path: Path) -> list[dict]:
+    assert main(["-q", "predict", "--checkpoint", WEIGHTS, "--json", "--topk", "5", str(path)]) == 0
+    return json.loads(capsys.readouterr().out)[0]["top"]
+
+
+def _same_top(served: list[dict], cli: list[dict]) -> None:
+    assert [t["class"] for t in served] == [t["class"] for t in cli]
+    assert np.allclose([t["prob"] for t in served], [t["prob"] for t in cli], atol=1e-5)
+
+
+def test_predict_equals_the_cli_for_real_photos_and_cifar_images(server, images, capsys) -> None:
+    files = [("file", (p.name, p.read_bytes())) for p in images.values()]
+    r = server.post(files)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model"] == "resnet20"
+    assert [p["name"] for p in body["predictions"]] == [p.name for p in images.values()]
+    for served, path in zip(body["predictions"], images.values(), strict=True):
+        _same_top(served["top"], _predict_cli(capsys, path))
+    assert body["predictions"][0]["top"][0]["class"] == "cat"  # the shipped CIFAR-10 model knows a cat
+
+
+def test_json_base64_bodies_give_the_same_answer(server, images) -> None:
+    import base64
+
+    data = images["dog"].read_bytes()
+    by_json = server.post(json={"images": [base64.b64encode(data).decode()]}).json()["predictions"][0]["top"]
+    by_form = server.post([("file", ("dog.jpg", data))]).json()["predictions"][0]["top"]
+    _same_top(by_json, by_form)
+
+
+def test_metadata_health_readiness_metrics_and_docs(server) -> None:
+    meta = httpx.get(f"{server.url}/v1/metadata").json()
+    assert meta["model"] == "resnet20" and len(meta["classes"]) == 10 and meta["classes"][3] == "cat"
+    assert meta["preprocessing"]["size"] == 32 and meta["runtime"] == "pytorch"
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "alive"}
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
+    assert "/v1/predict" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in ("resnetkit_requests_total", "resnetkit_request_seconds_bucket", "resnetkit_batch_size_bucket",
+                 "resnetkit_queue_depth", "resnetkit_forward_seconds_count"):  # fmt: skip
+        assert name in text
+
+
+def _png_of(width: int, height: int) -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (width, height)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_bad_requests_get_their_4xx_and_the_service_goes_on(server, images) -> None:
+    jpeg = images["cat"].read_bytes()
+    cases = {
+        "text file": (server.post([("file", ("notes.txt", b"just some text, not an image"))]), 415),
+        "truncated JPEG": (server.post([("file", ("cut.jpg", jpeg[: len(jpeg) // 3]))]), 422),
+        "60-megapixel PNG": (server.post([("file", ("huge.png", _png_of(7746, 7746)))]), 413),
+        "body over the cap": (server.post([("file", ("big.jpg", os.urandom(1_100_000)))]), 413),
+        "wrong field name": (server.post([("image", ("cat.jpg", jpeg))]), 400),
+        "empty body": (httpx.post(f"{server.url}/v1/predict", timeout=30), 400),
+        "bad JSON": (server.post(content=b"{no", headers={"content-type": "application/json"}), 400),
+        "unknown path": (httpx.get(f"{server.url}/v2/nothing"), 404),
+    }
+    for what, (response, status) in cases.items():
+        assert response.status_code == status, (what, response.text)
+        error = response.json()["error"]
+        assert error["status"] == status and error["message"] and "\n" not in error["message"], what
+    assert server.post([("file", ("cat.jpg", jpeg))]).status_code == 200
+    text = httpx.get(f"{server.url}/metrics").text
+    assert 'resnetkit_requests_total{endpoint="predict",status="413"} 2.0' in text
+
+
+def test_a_full_queue_answers_503_with_retry_after(server, images) -> None:
+    data = images["cat"].read_bytes()
+    r = server.post([("file", (f"{i}.jpg", data)) for i in range(9)])  # the queue holds 8 images
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+
+
+def test_concurrent_requests_share_forward_passes(server, images) -> None:
+    """Twelve requests at once: dynamic batching answers them in fewer forward passes than requests."""
+    data = images["dog"].read_bytes()
+
+    def passes() -> float:
+        lines = httpx.get(f"{server.url}/metrics").text.splitlines()
+        return float(next(x for x in lines if x.startswith("resnetkit_batch_size_count")).split()[-1])
+
+    before = passes()
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda: results.append(server.post([("file", ("d.jpg", data))]).status_code))
+               for _ in range(6)]  # fmt: skip
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [200] * 6
+    assert passes() - before < 6
+
+
+def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path, images) -> None:
+    s = _start(tmp_path, "--max-delay-ms", "1500", "--threads", "1")  # a lone request waits 1.5 s for company
+    answer: list[httpx.Response] = []
+    t = threading.Thread(target=lambda: answer.append(s.post([("file", ("cat.jpg", images["cat"].read_bytes()))])))
+    t.start()
+    time.sleep(0.5)
+    assert s.stop() == 0, s.log.read_text()
+    t.join()
+    assert answer[0].status_code == 200 and answer[0].json()["predictions"][0]["top"]
+
+
+def test_serve_refuses_a_bad_checkpoint_in_one_line(capsys) -> None:
+    assert main(["serve", "--checkpoint", "no_such_model.rk_nothing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no_such_model" in err
