@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import importlib
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -53,6 +54,14 @@ def shared_data(name: str) -> Path:
     path = SHARED_DATA / name
     if not path.exists():
         _missing(f"the shared data folder {path} is missing")
+    return path
+
+
+def require_program(name: str) -> str:
+    """The path of a system program a test drives (e.g. chromedriver): missing fails under CI, skips elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        _missing(f"the program {name!r} is not installed (.ci/run installs it with apt-get)")
     return path
 
 

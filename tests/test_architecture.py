@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetkit"
 # Higher numbers may import lower ones (and their own package). docs/ARCHITECTURE.md draws the same table.
 LEVELS = {
     "cli": 9,
-    **dict.fromkeys(["inference", "deploy", "explain", "serve", "bench", "experiments", "report"], 8),
-    **dict.fromkeys(["runtime", "tasks"], 7),
+    **dict.fromkeys(["inference", "deploy", "serve", "bench", "experiments", "report"], 8),
+    **dict.fromkeys(["runtime", "explain", "tasks"], 7),
     **dict.fromkeys(["engine", "export"], 6),
     **dict.fromkeys(["data", "optim", "checkpoint", "compress"], 5),
     "models": 4,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -259,3 +260,16 @@ def test_refused_images_are_reported_and_the_others_explained(checkpoint, tmp_pa
     assert err.splitlines() == [f"resnetkit: warning: {images[0]} {GREY} images",
                                 f"resnetkit: warning: {images[2]} {TINY}"]  # fmt: skip
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["ok-cam.png"]
+
+
+def test_overlay_blends_jet_colours_half_over_the_image() -> None:
+    """On a black 32x32 image, a map of ones draws jet's top colour (dark red, (0.5, 0, 0)) at half strength and
+    a map of zeros its bottom colour (dark blue); the picture is upscaled to 256 px a side."""
+    from resnetkit.explain.overlay import overlay_image
+
+    black = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    hot = np.asarray(overlay_image(black, torch.ones(32, 32)))
+    cold = np.asarray(overlay_image(black, torch.zeros(32, 32)))
+    assert hot.shape == (256, 256, 3)
+    assert np.allclose(hot.reshape(-1, 3).mean(0), [64, 0, 0], atol=1.5)
+    assert np.allclose(cold.reshape(-1, 3).mean(0), [0, 0, 64], atol=1.5)

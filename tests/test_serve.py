@@ -22,7 +22,7 @@ from PIL import Image
 from resnetkit.cli.main import main
 from resnetkit.data.cifar import load_cifar
 
-from conftest import require_module, shared_data
+from conftest import require_module, require_program, shared_data
 
 httpx = require_module("httpx")
 require_module("fastapi")
@@ -199,3 +199,52 @@ def test_serve_refuses_a_bad_checkpoint_in_one_line(capsys) -> None:
     assert main(["serve", "--checkpoint", "no_such_model.rk_nothing"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "no_such_model" in err
+
+
+def test_explain_returns_the_grad_cam_overlay_png(server, images) -> None:
+    """A PNG at least 256 px a side for a 32 px model, naming the predicted class, which differs from the plain
+    upscaled photo (the heat map is drawn over it), and a 400 for two images at once."""
+    data = images["cat"].read_bytes()
+    r = httpx.post(f"{server.url}/v1/explain", files=[("file", ("cat.jpg", data))], timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    picture = Image.open(io.BytesIO(r.content))
+    assert picture.format == "PNG" and min(picture.size) >= 256 and picture.mode == "RGB"
+    assert r.headers["x-class"] == "cat" and 0 < float(r.headers["x-probability"]) <= 1
+    top = server.post([("file", ("cat.jpg", data))]).json()["predictions"][0]["top"][0]
+    assert abs(float(r.headers["x-probability"]) - top["prob"]) < 1e-4
+    photo = Image.open(images["cat"]).convert("RGB").resize(picture.size)
+    assert np.abs(np.asarray(picture, dtype=float) - np.asarray(photo, dtype=float)).mean() > 10
+    two = httpx.post(f"{server.url}/v1/explain", files=[("file", ("a.jpg", data)), ("file", ("b.jpg", data))])
+    assert two.status_code == 400 and "one image" in two.json()["error"]["message"]
+
+
+def test_the_page_in_a_real_browser(server, images, tmp_path, monkeypatch) -> None:
+    """Debian's Chromium, headless, through Selenium: the page loads the model's description, a cat photo picked
+    in its file input gets its top-5 bars with "cat" first and its Grad-CAM overlay image loads."""
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for a browser or driver online
+    webdriver = require_module("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = require_program("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
+        options.add_argument(flag)
+    service = webdriver.ChromeService(executable_path=require_program("chromedriver"))
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: "resnet20" in d.find_element(By.ID, "model").text)
+        upload = driver.find_element(By.ID, "file-input")
+        upload.send_keys(str(images["cat"]))
+        best = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result .top-class"))[0]
+        assert best.get_attribute("textContent") == "cat"
+        assert len(driver.find_elements(By.CSS_SELECTOR, ".result .bar")) == 5
+        wait.until(lambda d: d.execute_script("const i = document.querySelector('.result img.overlay');"
+                                              "return i && i.complete && i.naturalWidth >= 256;"))  # fmt: skip
+        shot = Path(os.environ.get("RESNETKIT_SCREENSHOT", tmp_path / "page.png"))
+        driver.save_screenshot(str(shot))
+        assert Image.open(shot).size[0] > 500
+    finally:
+        driver.quit()

@@ -9,18 +9,23 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any  # no `from __future__ import annotations`: FastAPI reads the route annotations
 
 import torch
 
 from resnetkit.constants import VERSION
+from resnetkit.explain.gradcam import grad_cam
+from resnetkit.explain.overlay import overlay_image, png_bytes
 from resnetkit.runtime import Loaded, host_threads, load_model
 from resnetkit.serve.batcher import DynamicBatcher, QueueFull
 from resnetkit.serve.deps import require
 from resnetkit.serve.metrics import ServiceMetrics
 from resnetkit.serve.requests import RequestError, read_images
+from resnetkit.transforms import center_crop
 
 log = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("static") / "index.html"  # plain HTML/JS: no build step, no CDN
 
 
 @dataclass
@@ -90,6 +95,29 @@ class Service:
         except asyncio.TimeoutError:
             raise RequestError(504, f"no answer within {s.timeout_s:g} s") from None
 
+    async def explain(self, request: Any) -> tuple[bytes, dict[str, str]]:
+        """The Grad-CAM overlay (PNG) of a request's one image for its predicted class, and headers naming it."""
+        if self.loaded.exported is not None:
+            raise RequestError(422, "explain needs a PyTorch model (Grad-CAM takes gradients), not an exported file")
+        s = self.settings
+        _, images = await read_images(request, self.loaded.preprocessing.storage_size, s)
+        if len(images) != 1:
+            raise RequestError(400, f"explain takes one image per request, got {len(images)}")
+        work = asyncio.get_running_loop().run_in_executor(self.batcher.executor, self._overlay, images[0])
+        try:
+            return await asyncio.wait_for(work, s.timeout_s)
+        except asyncio.TimeoutError:
+            raise RequestError(504, f"no answer within {s.timeout_s:g} s") from None
+
+    def _overlay(self, image: torch.Tensor) -> tuple[bytes, dict[str, str]]:
+        """Runs on the forward thread (one model computation at a time), on the eager model: hooks need its layers."""
+        pre = self.loaded.preprocessing
+        result = grad_cam(self.loaded.model, pre.eval_batch(image[None]))
+        cls = int(result.target[0])
+        picture = overlay_image(center_crop(image, pre.size), result.maps[0])
+        names = {"X-Class": self.loaded.classes[cls], "X-Probability": f"{float(result.probs[0, cls]):.6f}"}
+        return png_bytes(picture), {**names, "X-Layer": result.layer}
+
     def metadata(self) -> dict[str, Any]:
         loaded = self.loaded
         meta = loaded.exported.meta if loaded.exported is not None else None
@@ -110,7 +138,7 @@ class Service:
 def create_app(settings: ServeSettings) -> Any:
     """The FastAPI application; the model loads in its lifespan (readyz answers 503 until it is warm)."""
     fastapi = require("fastapi")
-    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
     service = Service(settings)
 
@@ -118,6 +146,10 @@ def create_app(settings: ServeSettings) -> Any:
     app.state.service = service
 
     _json_errors(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> Any:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -135,6 +167,13 @@ def create_app(settings: ServeSettings) -> Any:
     @app.get("/metrics")
     async def metrics() -> Any:
         return PlainTextResponse(service.metrics.render(), media_type=service.metrics.content_type)
+
+    @app.post("/v1/explain", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    async def explain(request: fastapi.Request) -> Any:
+        with service.metrics.request("explain") as record:
+            png, headers = await service.explain(request)
+            record(1)
+            return Response(png, media_type="image/png", headers=headers)
 
     @app.post("/v1/predict")
     async def predict(request: fastapi.Request) -> dict[str, Any]:
