@@ -102,6 +102,8 @@ def test_predict_equals_the_cli_for_real_photos_and_cifar_images(server, images,
     r = server.post(files)
     assert r.status_code == 200, r.text
     body = r.json()
+    timing = dict(part.split(";dur=") for part in r.headers["server-timing"].split(", "))
+    assert set(timing) == {"decode", "queue", "forward", "encode"} and all(float(v) >= 0 for v in timing.values())
     assert body["model"] == "resnet20"
     assert [p["name"] for p in body["predictions"]] == [p.name for p in images.values()]
     for served, path in zip(body["predictions"], images.values(), strict=True):

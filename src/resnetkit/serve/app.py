@@ -7,6 +7,7 @@ Every 4xx/5xx answer is JSON: {"error": {"status": N, "message": "..."}}."""
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from resnetkit.constants import VERSION
 from resnetkit.explain.gradcam import grad_cam
 from resnetkit.explain.overlay import overlay_image, png_bytes
 from resnetkit.runtime import Loaded, host_threads, load_model
-from resnetkit.serve.batcher import DynamicBatcher, QueueFull
+from resnetkit.serve.batcher import Answer, DynamicBatcher, QueueFull
 from resnetkit.serve.deps import require
 from resnetkit.serve.metrics import ServiceMetrics
 from resnetkit.serve.requests import RequestError, read_images
@@ -84,12 +85,14 @@ class Service:
             self.ready = False
             await self.batcher.stop()
 
-    async def predict(self, request: Any) -> tuple[list[str], list[torch.Tensor]]:
-        """The names and class probabilities of a request's images (RequestError for what cannot be answered)."""
-        s = self.settings
+    async def predict(self, request: Any) -> tuple[list[str], list[Answer], float]:
+        """The names and answers (class probabilities, queue and forward times) of a request's images, and the
+        seconds spent reading and decoding them (RequestError for what cannot be answered)."""
+        s, start = self.settings, time.perf_counter()
         names, images = await read_images(request, self.loaded.preprocessing.storage_size, s)
+        decode = time.perf_counter() - start
         try:
-            return names, await asyncio.wait_for(self.batcher.submit(images), s.timeout_s)
+            return names, await asyncio.wait_for(self.batcher.submit(images), s.timeout_s), decode
         except QueueFull as e:
             raise RequestError(503, f"busy: {e}; retry shortly", headers={"Retry-After": "1"}) from None
         except asyncio.TimeoutError:
@@ -176,14 +179,26 @@ def create_app(settings: ServeSettings) -> Any:
             return Response(png, media_type="image/png", headers=headers)
 
     @app.post("/v1/predict")
-    async def predict(request: fastapi.Request) -> dict[str, Any]:
+    async def predict(request: fastapi.Request) -> Any:
         with service.metrics.request("predict") as record:
-            names, probs = await service.predict(request)
+            names, answers, decode = await service.predict(request)
             record(len(names))
-            results = [{"name": n, "top": service.top(p)} for n, p in zip(names, probs, strict=True)]
-            return {"model": service.metadata()["model"], "predictions": results}
+            encode = time.perf_counter()
+            results = [{"name": n, "top": service.top(a.row)} for n, a in zip(names, answers, strict=True)]
+            body = {"model": service.metadata()["model"], "predictions": results}
+            return JSONResponse(body, headers={"Server-Timing": server_timing(decode, answers, encode)})
 
     return app
+
+
+def server_timing(decode_s: float, answers: list[Answer], encode_start: float) -> str:
+    """Where a request's time went, as a Server-Timing header (milliseconds): reading and decoding its images,
+    the longest any of them queued, the forward pass, and building the answer."""
+    queue = max(a.queue_s for a in answers)
+    forward = max(a.forward_s for a in answers)
+    encode = time.perf_counter() - encode_start
+    parts = {"decode": decode_s, "queue": queue, "forward": forward, "encode": encode}
+    return ", ".join(f"{name};dur={1000 * s:.3f}" for name, s in parts.items())
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:

@@ -18,9 +18,18 @@ class QueueFull(Exception):
 
 
 @dataclass
+class Answer:
+    """One image's output row, how long it waited for its batch and how long that batch's forward pass took."""
+
+    row: torch.Tensor
+    queue_s: float
+    forward_s: float
+
+
+@dataclass
 class _Item:
     image: torch.Tensor  # uint8 (3, S, S)
-    future: asyncio.Future[torch.Tensor]
+    future: asyncio.Future[Answer]
     queued: float = field(default_factory=time.perf_counter)
 
 
@@ -57,7 +66,7 @@ class DynamicBatcher:
             self.task.cancel()
         self.executor.shutdown(wait=True)
 
-    async def submit(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+    async def submit(self, images: list[torch.Tensor]) -> list[Answer]:
         if self.queue.qsize() + len(images) > self.max_queue:
             raise QueueFull(f"{self.queue.qsize()} images are waiting (the queue holds {self.max_queue})")
         loop = asyncio.get_running_loop()
@@ -93,9 +102,10 @@ class DynamicBatcher:
                     if not item.future.done():
                         item.future.set_exception(e)
             else:
+                forward = time.perf_counter() - start
                 for row, item in zip(out, batch, strict=True):
                     if not item.future.done():  # a request that timed out has given up on its future
-                        item.future.set_result(row)
+                        item.future.set_result(Answer(row, start - item.queued, forward))
             finally:
                 self.in_flight = 0
             self.observe(len(batch), wait, time.perf_counter() - start)
