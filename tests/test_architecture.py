@@ -18,7 +18,7 @@ LEVELS = {
     "models": 4,
     "weights": 3,
     **dict.fromkeys(["layers", "transforms", "metrics", "distributed", "fetch", "files", "plots", "hardware"], 2),
-    **dict.fromkeys(["config", "model_registry"], 1),
+    **dict.fromkeys(["config", "model_registry", "extras"], 1),
     **dict.fromkeys(["constants", "errors"], 0),
 }
 # Named before they are written ("Where the next modules go"): drop a name from here with its first file.

@@ -250,3 +250,10 @@ def test_the_page_in_a_real_browser(server, images, tmp_path, monkeypatch) -> No
         assert Image.open(shot).size[0] > 500
     finally:
         driver.quit()
+
+
+def test_without_the_serve_extra_serve_names_it(capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if not installed: `import uvicorn` raises ImportError
+    assert main(["serve", "--checkpoint", WEIGHTS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'resnetkit[serve]'" in err and "uvicorn" in err

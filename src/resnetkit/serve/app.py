@@ -131,6 +131,10 @@ class Service:
             "settings": asdict(self.settings),
         }  # fmt: skip
 
+    def answer(self, names: list[str], answers: list[Answer]) -> dict[str, Any]:
+        results = [{"name": n, "top": self.top(a.row)} for n, a in zip(names, answers, strict=True)]
+        return {"model": self.metadata()["model"], "predictions": results}
+
     def top(self, probs: torch.Tensor) -> list[dict[str, Any]]:
         k = max(1, min(self.settings.topk, len(self.loaded.classes)))
         values, indices = probs.topk(k)
@@ -184,8 +188,7 @@ def create_app(settings: ServeSettings) -> Any:
             names, answers, decode = await service.predict(request)
             record(len(names))
             encode = time.perf_counter()
-            results = [{"name": n, "top": service.top(a.row)} for n, a in zip(names, answers, strict=True)]
-            body = {"model": service.metadata()["model"], "predictions": results}
+            body = service.answer(names, answers)
             return JSONResponse(body, headers={"Server-Timing": server_timing(decode, answers, encode)})
 
     return app
