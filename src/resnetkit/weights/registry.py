@@ -72,6 +72,25 @@ _SHIPPED_ENTRIES = (
             "cpu": "AMD EPYC (Zen 5; avx512_bf16 avx512_vnni, no AMX), 2 threads",
         },
     ),
+    WeightsEntry(
+        name="resnet56.rk_cifar10",
+        url="resnet56_rk_cifar10.safetensors",
+        sha256="33ebc74cf8c13447b567af94b5fe53cfbe196e4d291c6bef4de9fa2e32a8c5dd",
+        num_classes=10,
+        classes=CIFAR10_CLASSES,
+        data_config=DataConfig((3, 32, 32), CIFAR10_MEAN, CIFAR10_STD, crop_pct=1.0),
+        metrics={"cifar10_test_top1": 0.9297, "cifar10_test_top1_flip_tta": 0.9378},
+        recipe="resnetkit train --config cifar10_resnet56 --data-dir CIFAR10_DIR --seed 0 (60 epochs, bf16)",
+        source="resnetkit; trained on the 50,000 CIFAR-10 training images (the last epoch's weights)",
+        training={
+            "recipe": "cifar10_resnet56",
+            "seed": 0,
+            "precision": "bf16 autocast",
+            "minutes": 171.2,  # the epochs' training time summed: resumed across sessions, partly shared CPU
+            "command": "resnetkit train --config cifar10_resnet56 --data-dir CIFAR10_DIR --seed 0",
+            "cpu": "AMD EPYC (Zen 5; avx512_bf16 avx512_vnni, no AMX), 2 threads",
+        },
+    ),
 )
 
 
