@@ -43,8 +43,14 @@ class Server:
         return httpx.post(f"{self.url}/v1/predict", files=files, timeout=60, **kwargs)
 
     def stop(self) -> int:
+        """SIGTERM and the exit code; a server that does not exit within a minute is killed (the test fails)."""
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=60)
+        try:
+            return self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
 
 
 def _start(tmp_path: Path, *args: str) -> Server:
@@ -192,7 +198,8 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path, images) -
     t = threading.Thread(target=lambda: answer.append(s.post([("file", ("cat.jpg", images["cat"].read_bytes()))])))
     t.start()
     time.sleep(0.5)
-    assert s.stop() == 0, s.log.read_text()
+    code = s.stop()  # stops the server whatever the assertions below find
+    assert code == 0, s.log.read_text()
     t.join()
     assert answer[0].status_code == 200 and answer[0].json()["predictions"][0]["top"]
 
