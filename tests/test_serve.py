@@ -204,6 +204,31 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path, images) -
     assert answer[0].status_code == 200 and answer[0].json()["predictions"][0]["top"]
 
 
+def test_a_request_past_the_timeout_gets_504_and_the_service_goes_on(tmp_path, images) -> None:
+    s = _start(tmp_path, "--max-delay-ms", "3000", "--timeout", "0.5", "--threads", "1")  # a lone image waits 3 s
+    try:
+        t0 = time.monotonic()
+        r = s.post([("file", ("cat.jpg", images["cat"].read_bytes()))])
+        assert r.status_code == 504 and time.monotonic() - t0 < 2.5, r.text
+        assert r.json()["error"]["status"] == 504 and "0.5 s" in r.json()["error"]["message"]
+        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
+    finally:
+        assert s.stop() == 0, s.log.read_text()
+
+
+def test_several_worker_processes_serve_and_stop_cleanly(tmp_path, images) -> None:
+    s = _start(tmp_path, "--workers", "2", "--threads", "1")
+    try:
+        workers = subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) >= 2, workers  # uvicorn's supervisor and its worker processes
+        data = images["dog"].read_bytes()
+        answers = [s.post([("file", ("d.jpg", data))]) for _ in range(6)]
+        assert [r.status_code for r in answers] == [200] * 6
+        assert len({json.dumps(r.json()["predictions"]) for r in answers}) == 1  # every worker, the same answer
+    finally:
+        assert s.stop() == 0, s.log.read_text()
+
+
 def test_serve_refuses_a_bad_checkpoint_in_one_line(capsys) -> None:
     assert main(["serve", "--checkpoint", "no_such_model.rk_nothing"]) == 2
     err = capsys.readouterr().err.strip()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 
 
+KEEP_ALIVE_S = 30
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="serve a model over HTTP (web page at /, API docs at /docs)")
     p.add_argument("--checkpoint", required=True, help="what predict takes: run folder, checkpoint, name, .onnx")
@@ -48,6 +51,10 @@ def run(args: argparse.Namespace) -> int:
     # uvicorn drains the requests in flight on SIGTERM, restores the handler it found and raises SIGTERM again:
     # a no-op handler here makes a drained service exit 0 (rather than 143, "killed")
     signal.signal(signal.SIGTERM, lambda *_: None)
+    # Idle keep-alive connections stay open 30 s (uvicorn's default is 5 s, the same as httpx's and many clients'
+    # pool expiry: a client then reuses a connection at the moment the server closes it, a ReadError seen once in
+    # the load test). Servers should outlast their clients' idle timeout, not race it.
     uvicorn.run("resnetkit.serve.app:app_from_env", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="warning", timeout_graceful_shutdown=max(args.timeout, 1))  # fmt: skip
+                workers=args.workers, log_level="warning", timeout_graceful_shutdown=max(args.timeout, 1),
+                timeout_keep_alive=KEEP_ALIVE_S)  # fmt: skip
     return 0
