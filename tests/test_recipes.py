@@ -73,6 +73,12 @@ PROMISES = {
     # 42 epochs (16,380 steps) in bf16, warm-up 6 epochs (2,340 steps) to 0.2
     "cifar10_bf16_cpu": Promise(CIFAR, 390, 16_380, warmup_cosine(0.2, 2_340, 16_380),
                                 (0, 2_339, 2_340, 9_360, 16_379), 5e-4, False, True),
+    # ResNet-20 distilled from ResNet-56 (issue 18): cifar10_bf16_cpu's schedule exactly
+    "cifar10_resnet20_kd": Promise(CIFAR, 390, 16_380, warmup_cosine(0.2, 2_340, 16_380),
+                                   (0, 2_339, 2_340, 9_360, 16_379), 5e-4, False, True),
+    # fine-tuning the pruned ResNet-56: 30 epochs (11,700 steps), warm-up 1 epoch (390 steps) to 0.02
+    "cifar10_resnet56_prune": Promise(CIFAR, 390, 11_700, warmup_cosine(0.02, 390, 11_700),
+                                      (0, 389, 390, 6_045, 11_699), 5e-4, False, True),
     # ResNet-56: 60 epochs (23,400 steps), warm-up 3 epochs (1,170 steps) to 0.1
     "cifar10_resnet56": Promise(CIFAR, 390, 23_400, warmup_cosine(0.1, 1_170, 23_400),
                                 (0, 1_169, 1_170, 12_285, 23_399), 5e-4, False, True),

@@ -34,6 +34,10 @@ class TrainConfig:
     trainable_stages: int = 1
     backbone_lr_mult: float = 1.0  # full fine-tuning: the backbone's lr is lr x this
     freeze_bn: bool = False  # keep the pretrained BatchNorm statistics (frozen layers always keep theirs)
+    # knowledge distillation: a teacher (checkpoint, run folder or registered weights) and Hinton's soft targets
+    teacher: str | None = None
+    kd_temperature: float = 4.0
+    kd_weight: float = 0.9  # loss = (1 - kd_weight) x cross-entropy + kd_weight x T^2 x KL(teacher || student)
     # data
     data: str = "sample"
     data_dir: str | None = None
@@ -107,6 +111,10 @@ class TrainConfig:
         _choice("finetune", self.finetune, FINETUNE_STRATEGIES)
         if self.finetune != "full" and not self.weights:
             raise ConfigError(f"--strategy {self.finetune} needs --weights (what would stay frozen is random)")
+        if self.kd_temperature <= 0 or not 0.0 <= self.kd_weight <= 1.0:
+            raise ConfigError(
+                f"kd_temperature must be positive and kd_weight in [0, 1], got {self.kd_temperature}, {self.kd_weight}"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from resnetkit.config import ConfigError, TrainConfig, load_yaml
 from resnetkit.distributed import launched_rank
+
+if TYPE_CHECKING:
+    from resnetkit.engine.runner import RunResult
 
 # flag -> config key, for the flags users and benchmarks need most (any key: --set KEY=VALUE)
 FLAGS: dict[str, tuple[str, type]] = {
@@ -34,6 +37,9 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--checkpoint-every": ("checkpoint_every", int),
     "--early-stopping": ("early_stopping", int),
     "--amp-dtype": ("amp_dtype", str),
+    "--teacher": ("teacher", str),
+    "--kd-temperature": ("kd_temperature", float),
+    "--kd-weight": ("kd_weight", float),
 }
 
 
@@ -101,12 +107,16 @@ def run(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> int
         values = load_yaml(args.config) if args.config else {}
         cfg = TrainConfig.from_dict({**(defaults or {}), **values, **overrides}, source=args.config or "flags")
         result = run_training(cfg)
-    minutes = (time.perf_counter() - t0) / 60
     if launched_rank() != 0:
         return 0  # under torchrun, rank 0 reports
+    report(result, (time.perf_counter() - t0) / 60)
+    return 0
+
+
+def report(result: RunResult, minutes: float) -> None:
+    """The run's last scores and where its best checkpoint is."""
     last = result.history[-1] if result.history else {}
     scores = ", ".join(f"{k} {100 * v:.2f}%" for k, v in last.items() if k.endswith("_top1"))
     print(f"run {result.run_dir}: {result.stopped} after {result.steps} steps in {minutes:.1f} min; {scores}")
     if result.best:
         print(f"best checkpoint {result.run_dir / 'checkpoints' / 'best.pt'} (epoch {result.best['epoch']})")
-    return 0

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resnetkit.compress.distill import Distillation
 from resnetkit.distributed import all_reduce_sum
 from resnetkit.metrics import confusion_matrix, per_class_accuracy, topk_correct
 
@@ -65,9 +66,11 @@ def train_step(
     grad_clip: float | None = None,
     amp_dtype: torch.dtype | None = None,
     scaler: torch.amp.GradScaler | None = None,
+    distill: Distillation | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step. Returns (loss, number correct) as tensors: no host synchronisation here.
 
+    With `distill`, the teacher's soft targets on the same (mixed) batch join the loss (compress.distill).
     With an (enabled) `scaler`, fp16 autocast's loss is scaled before the backward pass, the gradients are
     unscaled before clipping, and a step whose gradients overflowed is skipped (torch.amp.GradScaler)."""
     ya, yb, lam = y, y, 1.0
@@ -78,6 +81,8 @@ def train_step(
         loss = F.cross_entropy(logits, ya, label_smoothing=label_smoothing)
         if lam < 1.0:
             loss = lam * loss + (1 - lam) * F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+        if distill is not None:
+            loss = distill.combine(loss, logits, x)
     scaler = scaler or _NO_SCALING
     scaler.scale(loss).backward()
     if grad_clip:

@@ -24,6 +24,7 @@ from resnetkit.engine.device import default_amp, resolve_device
 from resnetkit.engine.finetune import apply_strategy
 from resnetkit.engine.resume import restart_point, resumed_config
 from resnetkit.engine.run_dir import RunFolder, choose_run_dir, provenance
+from resnetkit.engine.teacher import distillation_for
 from resnetkit.engine.trainer import RunResult, StepCallback, StepInfo, Trainer
 from resnetkit.models import create_model, resolve_data_config
 
@@ -68,7 +69,8 @@ def run_training(
         torch.manual_seed(cfg.seed)
         data = _load_data_once(cfg, env)
         model = _build_model(cfg, data, device, env, pretrained=ckpt is None).to(device, getattr(torch, cfg.dtype))
-        trainer = Trainer(cfg, data, model, device, folder, env, callbacks)
+        distill = distillation_for(cfg, data.classes, device)
+        trainer = Trainer(cfg, data, model, device, folder, env, callbacks, distill)
         if ckpt is not None:
             trainer.restore(ckpt)
         else:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from resnetkit import distributed
 from resnetkit.checkpoint import save_checkpoint
+from resnetkit.compress.distill import Distillation
 from resnetkit.config import TrainConfig
 from resnetkit.data.factory import TrainingData
 from resnetkit.data.loader import BatchLoader, mix_seed
@@ -92,14 +93,15 @@ class _EpochSums:
 
 class Trainer:
     """Holds the pieces of one run; `fit` runs the epochs. `callbacks` run after every step (tests use them to
-    inject faults: a SIGINT, a lost worker)."""
+    inject faults: a SIGINT, a lost worker); `distill` adds a teacher's soft targets to every step's loss."""
 
     def __init__(
         self, cfg: TrainConfig, data: TrainingData, model: nn.Module, device: torch.device, folder: RunFolder,
         env: distributed.DistEnv | None = None, callbacks: Sequence[StepCallback] = (),
+        distill: Distillation | None = None,
     ) -> None:  # fmt: skip
         self.cfg, self.data, self.model, self.device, self.folder = cfg, data, model, device, folder
-        self.env, self.callbacks = env or distributed.DistEnv(), list(callbacks)
+        self.env, self.callbacks, self.distill = env or distributed.DistEnv(), list(callbacks), distill
         self._make_loaders()
         planned = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
@@ -222,7 +224,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(mix_seed(cfg.seed, s.epoch, s.batch, 7)) if self.mixing else None
         loss, hits = train_step(
             self.forward_model, x, y, self.optimizer, label_smoothing=cfg.label_smoothing, mixing=self.mixing,
-            gen=gen, grad_clip=cfg.grad_clip, amp_dtype=self.amp_dtype, scaler=self.scaler,
+            gen=gen, grad_clip=cfg.grad_clip, amp_dtype=self.amp_dtype, scaler=self.scaler, distill=self.distill,
         )  # fmt: skip
         self.scheduler.step()
         sums.loss += loss * y.shape[0]

@@ -7,6 +7,7 @@ after the addition.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +62,7 @@ class ResidualBlock(nn.Module):
 
     expansion = 1
     preact = False
+    inner_convs = 1  # convolutions whose output channels stay inside the block (what pruning may narrow)
 
     def _init_shortcut(self, in_planes: int, out_planes: int, stride: int, opts: BlockOptions, drop: float) -> None:
         self.has_shortcut = opts.shortcut != "none"
@@ -75,17 +77,33 @@ class ResidualBlock(nn.Module):
         raise NotImplementedError
 
 
+def inner_widths_of(inner: Sequence[int] | None, default: int, count: int, groups: int = 1) -> tuple[int, ...]:
+    """The block's inner widths: `inner` (a pruned network's, see compress.prune) or `default` for each."""
+    if inner is None:
+        return (default,) * count
+    widths = tuple(int(w) for w in inner)
+    if len(widths) != count or min(widths) < 1:
+        raise ValueError(f"a block needs {count} positive inner width(s), got {list(inner)}")
+    if groups != 1 and (len(set(widths)) != 1 or widths[0] % groups):
+        raise ValueError(f"grouped blocks need equal inner widths divisible by groups={groups}, got {widths}")
+    return widths
+
+
 class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions (ResNet-18/34 and the paper's CIFAR networks)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         if opts.groups != 1 or opts.base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn1 = opts.norm_layer(planes)
+        (mid,) = inner_widths_of(inner, planes, 1)
+        self.conv1 = conv3x3(in_planes, mid, stride)
+        self.bn1 = opts.norm_layer(mid)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(planes, planes)
+        self.conv2 = conv3x3(mid, planes)
         self.bn2 = opts.norm_layer(planes)
         self._init_shortcut(in_planes, planes, stride, opts, drop_path)
 
@@ -105,16 +123,21 @@ class Bottleneck(ResidualBlock):
     """1x1 reduce, 3x3 (grouped for ResNeXt), 1x1 expand; stride on the 3x3 (v1.5) unless `stride_in_1x1`."""
 
     expansion = 4
+    inner_convs = 2
 
-    def __init__(self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         width = int(planes * (opts.base_width / 64.0)) * opts.groups
+        w1, w2 = inner_widths_of(inner, width, 2, opts.groups)
         stride_1x1, stride_3x3 = (stride, 1) if opts.stride_in_1x1 else (1, stride)
-        self.conv1 = conv1x1(in_planes, width, stride_1x1)
-        self.bn1 = opts.norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride_3x3, opts.groups)
-        self.bn2 = opts.norm_layer(width)
-        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.conv1 = conv1x1(in_planes, w1, stride_1x1)
+        self.bn1 = opts.norm_layer(w1)
+        self.conv2 = conv3x3(w1, w2, stride_3x3, opts.groups)
+        self.bn2 = opts.norm_layer(w2)
+        self.conv3 = conv1x1(w2, planes * self.expansion)
         self.bn3 = opts.norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self._init_shortcut(in_planes, planes * self.expansion, stride, opts, drop_path)
@@ -137,15 +160,19 @@ class PreActBasicBlock(ResidualBlock):
 
     preact = True
 
-    def __init__(self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         if opts.groups != 1 or opts.base_width != 64:
             raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
+        (mid,) = inner_widths_of(inner, planes, 1)
         self.bn1 = opts.norm_layer(in_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv1 = conv3x3(in_planes, planes, stride)
-        self.bn2 = opts.norm_layer(planes)
-        self.conv2 = conv3x3(planes, planes)
+        self.conv1 = conv3x3(in_planes, mid, stride)
+        self.bn2 = opts.norm_layer(mid)
+        self.conv2 = conv3x3(mid, planes)
         self._init_shortcut(in_planes, planes, stride, opts, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -162,17 +189,22 @@ class PreActBottleneck(ResidualBlock):
 
     expansion = 4
     preact = True
+    inner_convs = 2
 
-    def __init__(self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0) -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+    ) -> None:  # fmt: skip
         super().__init__()
         width = int(planes * (opts.base_width / 64.0)) * opts.groups
+        w1, w2 = inner_widths_of(inner, width, 2, opts.groups)
         self.bn1 = opts.norm_layer(in_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv1 = conv1x1(in_planes, width)
-        self.bn2 = opts.norm_layer(width)
-        self.conv2 = conv3x3(width, width, stride, opts.groups)
-        self.bn3 = opts.norm_layer(width)
-        self.conv3 = conv1x1(width, planes * self.expansion)
+        self.conv1 = conv1x1(in_planes, w1)
+        self.bn2 = opts.norm_layer(w1)
+        self.conv2 = conv3x3(w1, w2, stride, opts.groups)
+        self.bn3 = opts.norm_layer(w2)
+        self.conv3 = conv1x1(w2, planes * self.expansion)
         self._init_shortcut(in_planes, planes * self.expansion, stride, opts, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ class ResNet(nn.Module):
 
     `stem="imagenet"`: 7x7/2 conv and 3x3/2 max-pool (He et al., 2015, Table 1). `stem="cifar"`: one 3x3 conv
     with 16 filters on 32x32 inputs (section 4.2). Pre-activation blocks get a bare conv stem and a final
-    BN-ReLU (He et al., 2016).
+    BN-ReLU (He et al., 2016). `inner_widths[stage][block]` lists a block's inner channel counts (one for basic
+    blocks, two for bottlenecks): a channel-pruned network is described by them (compress.prune).
     """
 
     def __init__(
@@ -45,6 +46,7 @@ class ResNet(nn.Module):
         zero_init_residual: bool = False,
         drop_path_rate: float = 0.0,
         norm_layer: str | NormLayer | None = None,
+        inner_widths: Sequence[Sequence[Sequence[int]]] | None = None,
         default_cfg: DataConfig | None = None,
     ) -> None:
         super().__init__()
@@ -64,7 +66,8 @@ class ResNet(nn.Module):
         self.feature_info: list[dict[str, Any]] = [
             dict(num_chs=widths[0], reduction=stem_reduction, module=groups_[0][-1])
         ]
-        groups_ += self._build_stages(block, layers, widths, opts, drop_path_rate, stem_reduction)
+        inner = _check_inner_widths(inner_widths, layers, block)
+        groups_ += self._build_stages(block, layers, widths, opts, drop_path_rate, stem_reduction, inner)
         self.num_features = widths[-1] * block.expansion
         if self.preact:
             self.norm = norm(self.num_features)
@@ -100,6 +103,7 @@ class ResNet(nn.Module):
         opts: BlockOptions,
         drop_path_rate: float,
         reduction: int,
+        inner: Sequence[Sequence[Sequence[int] | None]],
     ) -> list[tuple[str, ...]]:
         total = sum(layers)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear decay rule (Huang et al.)
@@ -108,7 +112,7 @@ class ResNet(nn.Module):
             stride = 1 if stage == 0 else 2
             blocks = []
             for i in range(depth):
-                blocks.append(block(in_planes, width, stride if i == 0 else 1, opts, rates[index]))
+                blocks.append(block(in_planes, width, stride if i == 0 else 1, opts, rates[index], inner[stage][i]))
                 in_planes, index = width * block.expansion, index + 1
             name = f"layer{stage + 1}"
             self.add_module(name, nn.Sequential(*blocks))
@@ -173,3 +177,17 @@ class ResNet(nn.Module):
         if self.stem_type != "cifar":
             return state
         return {("fc." + k[len("linear.") :] if k.startswith("linear.") else k): v for k, v in state.items()}
+
+
+def _check_inner_widths(
+    inner_widths: Sequence[Sequence[Sequence[int]]] | None, layers: Sequence[int], block: type[ResidualBlock]
+) -> list[list[Sequence[int] | None]]:
+    """Per stage, per block: the block's inner widths, or None for the architecture's own."""
+    if inner_widths is None:
+        return [[None] * depth for depth in layers]
+    shape = [len(stage) for stage in inner_widths]
+    if shape != list(layers):
+        raise ValueError(f"inner_widths has {shape} blocks per stage; the network has {list(layers)}")
+    if any(len(w) != block.inner_convs for stage in inner_widths for w in stage):
+        raise ValueError(f"each {block.__name__} takes {block.inner_convs} inner width(s)")
+    return [list(stage) for stage in inner_widths]

@@ -1,0 +1,173 @@
+"""Structured channel pruning: a trained ResNet becomes a dense, narrower ResNet (fewer channels, not masks).
+
+What is pruned: the inner channels of every block (the output of a basic block's first 3x3 conv; of a
+bottleneck's 1x1 reduce and 3x3), which nothing outside the block reads. The residual stream is kept: its
+channels are shared by every block of a stage and, with option A shortcuts, placed by zero-padding, so narrowing
+it would change what the shortcuts add. Which channels go is decided by torch-pruning's dependency graph and
+importance criteria (Fang et al., "DepGraph", CVPR 2023); its graph keeps each conv, its BatchNorm and the
+next conv's input channels together. The result is rebuilt as a fresh `create_model(..., inner_widths=...)`
+network and loaded strictly, so a checkpoint of it describes itself and reloads without torch-pruning.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnetkit.errors import ResnetkitError
+from resnetkit.extras import require_extra
+from resnetkit.models import ResidualBlock, create_model
+from resnetkit.models.complexity import count_macs, count_parameters
+
+METHODS = ("l1", "l2", "bn", "group", "random")
+
+
+class PruningError(ResnetkitError):
+    """A pruning request that cannot be met (bad target, unknown method, a model that cannot be pruned)."""
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """The pruned network and how it compares with the one it came from."""
+
+    model: nn.Module
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    method: str
+    target: float
+
+    @property
+    def macs_ratio(self) -> float:
+        return self.macs_after / self.macs_before
+
+    def to_dict(self) -> dict[str, Any]:
+        keys = ("macs_before", "macs_after", "params_before", "params_after", "method", "target")
+        return {k: getattr(self, k) for k in keys} | {
+            "macs_ratio": self.macs_ratio, "inner_widths": inner_widths(self.model),
+        }  # fmt: skip
+
+
+def blocks_by_stage(model: nn.Module) -> list[list[ResidualBlock]]:
+    """The residual blocks of each stage (layer1, layer2, ...), in order."""
+    stages = []
+    for name in sorted((n for n in model._modules if n.startswith("layer")), key=lambda n: int(n[5:])):
+        stages.append([b for b in model._modules[name] if isinstance(b, ResidualBlock)])
+    return stages
+
+
+def inner_convs(block: ResidualBlock) -> list[nn.Conv2d]:
+    """The convolutions whose output channels stay inside `block` (conv1, and conv2 of a bottleneck)."""
+    return [getattr(block, f"conv{i + 1}") for i in range(block.inner_convs)]
+
+
+def inner_widths(model: nn.Module) -> list[list[list[int]]]:
+    """`inner_widths` as `ResNet` takes it: per stage, per block, the inner convolutions' output channels."""
+    return [[[c.out_channels for c in inner_convs(b)] for b in stage] for stage in blocks_by_stage(model)]
+
+
+def prune_to_macs(
+    model: nn.Module, target: float, method: str = "l1", input_size: Sequence[int] | None = None, seed: int = 0
+) -> PruneResult:
+    """Remove inner channels of `model` (a copy) until its MACs are at most `target` x the original's.
+
+    Every block keeps the same fraction of its inner channels (the largest fraction that meets the target, then
+    single channels added back where they still fit), so the result lands within one block's channel of the
+    target. Which channels go, block by block, is ranked by `method` over torch-pruning's dependency group."""
+    _check_request(model, target, method)
+    size = tuple(input_size or model.default_cfg.input_size)
+    tp = require_extra("torch_pruning", "compress", "pruning", PruningError)
+    work = copy.deepcopy(model).float().cpu().eval()
+    macs_before, params_before = count_macs(work, size), count_parameters(work)
+    plan = _plan_widths(work, target * macs_before, size)
+    graph = tp.DependencyGraph().build_dependency(work, example_inputs=torch.zeros(1, *size))
+    importance = _importance(tp, method)
+    torch.manual_seed(seed)  # the "random" criterion's draw
+    for conv, keep in zip(_all_inner_convs(work), (w for stage in plan for b in stage for w in b), strict=True):
+        if keep < conv.out_channels:
+            whole = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+            drop = importance(whole).argsort()[: conv.out_channels - keep].tolist()
+            graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=sorted(drop)).prune()
+    pruned = _rebuilt(model, work)
+    return PruneResult(pruned, macs_before, count_macs(pruned, size), params_before, count_parameters(pruned),
+                       method, target)  # fmt: skip
+
+
+def _all_inner_convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [c for stage in blocks_by_stage(model) for b in stage for c in inner_convs(b)]
+
+
+def _plan_widths(model: nn.Module, budget: float, size: tuple[int, ...]) -> list[list[list[int]]]:
+    """Inner widths whose MACs are at most `budget`: a common kept fraction found by bisection, then one channel
+    at a time added back to the blocks (first to last) while the budget allows."""
+    full = inner_widths(model)
+
+    def scaled(fraction: float) -> list[list[list[int]]]:
+        return [[[max(1, round(fraction * w)) for w in b] for b in stage] for stage in full]
+
+    low, high = 0.0, 1.0
+    if _macs_of(model, scaled(low), size) > budget:
+        raise PruningError(f"{model.model_name} cannot get under {budget:.0f} MACs by pruning its inner channels")
+    for _ in range(30):
+        mid = (low + high) / 2
+        low, high = (mid, high) if _macs_of(model, scaled(mid), size) <= budget else (low, mid)
+    plan = scaled(low)
+    for s, stage in enumerate(plan):
+        for b, widths in enumerate(stage):
+            for i in range(len(widths)):
+                if widths[i] < full[s][b][i]:
+                    widths[i] += 1
+                    widths[i] -= _macs_of(model, plan, size) > budget
+    return plan
+
+
+def _macs_of(model: nn.Module, widths: list[list[list[int]]], size: tuple[int, ...]) -> int:
+    """MACs of `model`'s architecture with these inner widths, counted on the meta device (nothing allocated)."""
+    kwargs = dict(getattr(model, "model_kwargs", {})) | {"inner_widths": widths}
+    with torch.device("meta"):
+        probe = create_model(model.model_name, **kwargs)
+    return count_macs(probe, size)
+
+
+def _check_request(model: nn.Module, target: float, method: str) -> None:
+    if not 0 < target < 1:
+        raise PruningError(f"the MACs target must be between 0 and 1 (a fraction of the original), got {target}")
+    if method not in METHODS:
+        raise PruningError(f"unknown pruning method {method!r}; choose one of {', '.join(METHODS)}")
+    if getattr(model, "model_name", None) is None or not blocks_by_stage(model):
+        raise PruningError("only resnetkit ResNets (built by create_model) can be pruned")
+    if any(getattr(b.conv2, "groups", 1) != 1 for stage in blocks_by_stage(model) for b in stage):
+        raise PruningError(f"{model.model_name} has grouped convolutions (ResNeXt); their channels are not pruned")
+
+
+def _importance(tp: Any, method: str) -> Any:
+    imp = tp.importance
+    return {
+        "l1": lambda: imp.MagnitudeImportance(p=1, normalizer=None, group_reduction="first"),  # Li et al., 2017
+        "l2": lambda: imp.MagnitudeImportance(p=2, normalizer=None, group_reduction="first"),
+        "bn": lambda: imp.BNScaleImportance(normalizer=None),  # network slimming's BN scale (Liu et al., 2017)
+        "group": lambda: imp.GroupMagnitudeImportance(p=2),  # the whole group's L2 norm (DepGraph)
+        "random": lambda: imp.RandomImportance(),
+    }[method]()
+
+
+def _outer_layers(model: nn.Module) -> list[nn.Module]:
+    """Every convolution and linear layer whose output channels are not a block's inner channels."""
+    inner = {id(c) for stage in blocks_by_stage(model) for b in stage for c in inner_convs(b)}
+    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in inner]
+
+
+def _rebuilt(original: nn.Module, pruned: nn.Module) -> nn.Module:
+    """A fresh model of the pruned widths, described by its kwargs, holding the pruned weights (strictly)."""
+    kwargs = dict(getattr(original, "model_kwargs", {})) | {"inner_widths": inner_widths(pruned)}
+    kwargs.setdefault("num_classes", original.num_classes)
+    rebuilt = create_model(original.model_name, **kwargs)
+    rebuilt.load_state_dict(pruned.state_dict(), strict=True)
+    rebuilt.default_cfg = original.default_cfg
+    return rebuilt.eval()
