@@ -16,6 +16,8 @@ AUGMENTS = ("auto", "cifar", "imagenet", "none")
 FINETUNE_STRATEGIES = ("full", "linear", "last")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
 DTYPES = ("float32", "float64")
+DATA_MODES = ("auto", "memory", "stream")
+AUGMENT_POLICIES = ("none", "trivial", "rand", "auto")
 
 
 class ConfigError(ResnetkitError):
@@ -50,6 +52,13 @@ class TrainConfig:
     augment: str = "auto"
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     cutout: int = 0
+    augment_policy: str = "none"  # streamed folders: none | trivial (TrivialAugment) | rand (RandAugment) | auto
+    random_erasing: float = 0.0  # streamed folders: probability of erasing a random rectangle (Zhong et al.)
+    # image folders: "memory" decodes once into RAM; "stream" reads from disk each epoch (DataLoader workers);
+    # "auto" streams when the decoded images would need more than memory_budget_gb
+    data_mode: str = "auto"
+    memory_budget_gb: float = 4.0
+    workers: int | None = None  # streaming's decoding processes (None: the CPU count, at most 8; 0: in-process)
     mixup: float = 0.0
     cutmix: float = 0.0
     label_smoothing: float = 0.0
@@ -94,6 +103,12 @@ class TrainConfig:
         _choice("augment", self.augment, AUGMENTS)
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
         _choice("dtype", self.dtype, DTYPES)
+        _choice("data_mode", self.data_mode, DATA_MODES)
+        _choice("augment_policy", self.augment_policy, AUGMENT_POLICIES)
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"workers must be 0 (decode in the training process) or more, got {self.workers}")
+        if not 0.0 <= self.random_erasing <= 1.0:
+            raise ConfigError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if self.amp and self.dtype != "float32":
             raise ConfigError(f"--amp computes in bf16/fp16 and cannot be combined with dtype {self.dtype}")
         for name in ("epochs", "batch_size"):

@@ -37,6 +37,8 @@ FLAGS: dict[str, tuple[str, type]] = {
     "--checkpoint-every": ("checkpoint_every", int),
     "--early-stopping": ("early_stopping", int),
     "--amp-dtype": ("amp_dtype", str),
+    "--data-mode": ("data_mode", str),
+    "--workers": ("workers", int),
     "--teacher": ("teacher", str),
     "--kd-temperature": ("kd_temperature", float),
     "--kd-weight": ("kd_weight", float),

@@ -102,7 +102,13 @@ def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
     pre = preprocessing_from_config(cfg, model_cfg)
     opts = dict(download=cfg.download, progress=cfg.progress, strict=cfg.strict, val_fraction=cfg.val_fraction,
                 seed=cfg.seed)  # fmt: skip
-    if cfg.data == "folder":
+    if cfg.data == "folder" and streams(cfg, pre):
+        from resnetkit.data.stream import stream_image_folder, transforms_for
+
+        train_tf, eval_tf = transforms_for(pre, cfg.augment_policy, cfg.random_erasing)
+        train, test = stream_image_folder(_folder_dir(cfg.data_dir), train_tf, eval_tf, val_fraction=cfg.val_fraction,
+                                          seed=cfg.seed)  # fmt: skip
+    elif cfg.data == "folder":
         train, test = _load_folder(cfg.data_dir, pre.storage_size, cfg.val_fraction, cfg.seed, cfg.strict, cfg.progress)
     else:
         train = load_eval_split(cfg.data, cfg.data_dir, "train", pre, **opts)
@@ -121,6 +127,26 @@ def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
         # One draw for every run and seed, so that runs compared with each other are scored on the same images.
         test = test.subset(seeded_split(len(test), cfg.test_subset, 0)[0], test_subset=cfg.test_subset)
     return TrainingData(train, test, list(train.classes), pre, val)
+
+
+def streams(cfg: TrainConfig, pre: Preprocessing) -> bool:
+    """Whether the run reads its image folder from disk each epoch: asked for (`data_mode: stream`, or a per-image
+    augmentation policy), or (auto) the decoded images would need more than `memory_budget_gb` (uint8,
+    3 x storage size^2 bytes each)."""
+    per_image = cfg.augment_policy != "none" or cfg.random_erasing > 0
+    if cfg.data != "folder" or pre.kind != "imagenet" or cfg.data_mode == "memory":
+        if cfg.data_mode == "stream" or per_image:
+            raise ConfigError(
+                "--data-mode stream, augment_policy and random_erasing are for image folders streamed from disk "
+                "(--data folder, --augment imagenet or auto, not --data-mode memory)"
+            )
+        return False
+    if cfg.data_mode == "stream" or per_image:
+        return True
+    from resnetkit.data.stream import count_images
+
+    needed = count_images(_folder_dir(cfg.data_dir)) * 3 * pre.storage_size**2
+    return needed > cfg.memory_budget_gb * 1e9
 
 
 def _resize(ds: ImageTensorDataset, size: int) -> ImageTensorDataset:

@@ -23,7 +23,8 @@ from resnetkit.checkpoint import save_checkpoint
 from resnetkit.compress.distill import Distillation
 from resnetkit.config import TrainConfig
 from resnetkit.data.factory import TrainingData
-from resnetkit.data.loader import BatchLoader, mix_seed
+from resnetkit.data.loader import mix_seed
+from resnetkit.data.stream import loader_for, stream_workers
 from resnetkit.engine.device import compile_pays_off, make_grad_scaler, run_autocast_dtype
 from resnetkit.engine.fastpath import speed_up_for_training
 from resnetkit.engine.finetune import finetune_param_groups, freeze_batchnorm
@@ -123,11 +124,12 @@ class Trainer:
         cfg, data = self.cfg, self.data
         shard = {"device": self.device, "rank": self.env.rank, "world_size": self.env.world_size}
         shard["dtype"] = getattr(torch, cfg.dtype)
-        self.train_loader = BatchLoader(
+        shard |= {"workers": stream_workers(cfg.workers), "strict": cfg.strict}  # streamed folders only
+        self.train_loader = loader_for(
             data.train, data.preprocessing, batch_size=cfg.batch_size, train=True, seed=cfg.seed, **shard
         )
         self.eval_loaders = {
-            name: BatchLoader(ds, data.preprocessing, batch_size=max(cfg.batch_size, 256), train=False, **shard)
+            name: loader_for(ds, data.preprocessing, batch_size=max(cfg.batch_size, 256), train=False, **shard)
             for name, ds in data.eval_splits().items()
         }
         self.steps_per_epoch = len(self.train_loader)

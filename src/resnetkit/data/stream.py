@@ -1,0 +1,257 @@
+"""Image folders read from disk every epoch (issue 19): for folders too large to hold decoded in memory.
+
+DataLoader worker processes decode each photo (PIL, with `draft` letting the JPEG decoder downscale big photos
+while decoding) and augment it alone (torchvision transforms v2 on uint8 tensors: a random-resized crop of the
+whole photo, a flip, an optional TrivialAugment / RandAugment / AutoAugment policy and random erasing); uint8
+batches cross to the main process (a quarter of float32's bytes), which normalises them into the layout the
+training step takes. The batch order is `BatchLoader`'s (the same seeded permutation per epoch, the same split
+of each global batch across torchrun processes), and every image's augmentation is seeded by (seed, epoch,
+image), whichever worker decodes it: a run resumed at batch k continues exactly, with no image twice or skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+from resnetkit.data.folder import _check_same_classes, _scan, _split_dirs, decode_error_reason
+from resnetkit.data.loader import BatchLoader, mix_seed
+from resnetkit.data.paths import require_folder
+from resnetkit.data.splits import stratified_split
+from resnetkit.errors import DataError
+from resnetkit.transforms import Preprocessing
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("none", "trivial", "rand", "auto")
+WORKER_TIMEOUT_S = 300  # a worker that delivers nothing for this long is reported, not waited on forever
+
+
+@dataclass(frozen=True)
+class StreamTransform:
+    """What a worker does to one photo: training (random crop of the whole photo, flip, policy, erasing) or
+    evaluation (short side resized to `resize`, center crop of `size`)."""
+
+    size: int
+    train: bool
+    resize: int  # evaluation's short side (size / crop_pct, or a FixRes resize)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)
+    policy: str = "none"
+    erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise DataError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+
+    def pipeline(self) -> v2.Compose:
+        if not self.train:
+            return v2.Compose([v2.Resize(self.resize, antialias=True), v2.CenterCrop(self.size)])
+        steps: list[Any] = [v2.RandomResizedCrop(self.size, scale=self.rrc_scale, antialias=True),
+                            v2.RandomHorizontalFlip()]  # fmt: skip
+        steps += {"none": [], "trivial": [v2.TrivialAugmentWide()], "rand": [v2.RandAugment()],
+                  "auto": [v2.AutoAugment()]}[self.policy]  # fmt: skip
+        if self.erasing:
+            steps.append(v2.RandomErasing(self.erasing, value=0))
+        return v2.Compose(steps)
+
+    def draft_side(self) -> int:
+        """The shortest short side the decoder may downscale a photo to without losing what the crop needs:
+        evaluation's resize; for training, the side of the smallest crop's square at full output size."""
+        return self.resize if not self.train else math.ceil(self.size / math.sqrt(self.rrc_scale[0]))
+
+
+def read_photo(path: str | Path, draft_side: int) -> torch.Tensor:
+    """The photo as uint8 (3, H, W), RGB; JPEGs decoded at the smallest DCT scale keeping `draft_side`."""
+    with Image.open(path) as im:
+        if im.format == "JPEG":
+            w, h = im.size
+            scale = max(1, min(w, h) // max(draft_side, 1))
+            im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+        rgb = im.convert("RGB")
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+
+
+class StreamingFolder(Dataset):
+    """(file, label) samples of a scanned image folder, decoded on demand. Items are asked for as
+    (index, seed): the seed fixes the image's augmentation in whichever process decodes it."""
+
+    def __init__(self, samples: Sequence[tuple[Path, int]], classes: list[str], info: dict[str, Any],
+                 transform: StreamTransform) -> None:  # fmt: skip
+        self.samples = [(str(p), int(label)) for p, label in samples]
+        self.classes, self.info, self.transform = list(classes), dict(info), transform
+        self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
+        self._pipeline: v2.Compose | None = None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def subset(self, indices: torch.Tensor, **info: Any) -> StreamingFolder:
+        picked = [self.samples[i] for i in indices.tolist()]
+        return StreamingFolder([(Path(p), y) for p, y in picked], self.classes, {**self.info, **info}, self.transform)
+
+    def with_transform(self, transform: StreamTransform) -> StreamingFolder:
+        return StreamingFolder([(Path(p), y) for p, y in self.samples], self.classes, self.info, transform)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, str]:
+        index, seed = key
+        path, label = self.samples[index]
+        if self._pipeline is None:
+            self._pipeline = self.transform.pipeline()
+        try:
+            photo = read_photo(path, self.transform.draft_side())
+        except Exception as e:  # noqa: BLE001  any unreadable file is reported by name, never fatal to a worker
+            return None, label, f"{path}: {decode_error_reason(e)}"
+        torch.manual_seed(seed)  # transforms v2 draw from the global RNG: this process's, seeded per image
+        return self._pipeline(photo), label, ""
+
+
+def collate(items: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """The readable images of a batch stacked (uint8), their labels, and the unreadable files' reasons."""
+    good = [(x, y) for x, y, _ in items if x is not None]
+    failed = [reason for x, _, reason in items if x is None]
+    if not good:
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), failed
+    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), failed
+
+
+class _Batches(Sampler[list[tuple[int, int]]]):
+    """This process's (index, augmentation seed) lists for batches `start`.. of `epoch`, in BatchLoader's order."""
+
+    def __init__(self, loader: StreamLoader, epoch: int, start: int) -> None:
+        self.loader, self.epoch, self.start = loader, epoch, start
+
+    def __len__(self) -> int:
+        return len(self.loader) - self.start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        ld, size = self.loader, self.loader.batch_size
+        order = ld.order(self.epoch)
+        for index in range(self.start, len(ld)):
+            take = order[index * size : (index + 1) * size]
+            if ld.train and ld.world_size > 1:
+                take = take[ld.local_rows.start : ld.local_rows.stop]
+            yield [(i, mix_seed(ld.seed, self.epoch, i)) for i in take.tolist()]
+
+
+class StreamLoader(BatchLoader):
+    """BatchLoader's batches of a `StreamingFolder`, decoded and augmented by `workers` processes (0: in this
+    process). Unreadable files are left out of their batch with a warning (an error with `strict`); a worker that
+    dies or stalls is one clear DataError, not a hang."""
+
+    def __init__(self, dataset: StreamingFolder, preprocessing: Preprocessing, *, workers: int = 2,
+                 strict: bool = False, **kwargs: Any) -> None:  # fmt: skip
+        super().__init__(dataset, preprocessing, **kwargs)  # type: ignore[arg-type]
+        self.workers, self.strict = workers, strict
+        self._warned: set[str] = set()
+
+    def order(self, epoch: int) -> torch.Tensor:
+        return self._order(epoch)
+
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(
+            self.dataset, batch_sampler=_Batches(self, epoch, start), num_workers=self.workers, collate_fn=collate,
+            pin_memory=self.device.type == "cuda", timeout=WORKER_TIMEOUT_S if self.workers else 0,
+        )  # fmt: skip
+        layout = torch.channels_last if self.train else self.memory_format
+        for images, labels, failed in _surfaced(loader):
+            self._report(failed)
+            if len(labels):
+                x = self.preprocessing.normalize(images, layout)
+                yield x.to(self.device, self.dtype, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def _report(self, failed: list[str]) -> None:
+        for reason in failed:
+            if self.strict:
+                raise DataError(f"unreadable image {reason} (without --strict it is skipped with a warning)")
+            if reason not in self._warned:
+                self._warned.add(reason)
+                log.warning("skipped unreadable image %s", reason)
+
+
+def _surfaced(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """The loader's batches; a worker killed (out of memory, a signal) or stalled becomes one DataError line."""
+    try:
+        yield from loader
+    except RuntimeError as e:
+        text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "DataLoader" not in text and "worker" not in text:
+            raise
+        raise DataError(
+            f"an image-loading worker failed: {text} (fewer --workers, or --workers 0 to see why)"
+        ) from None
+
+
+def loader_for(dataset: Any, preprocessing: Preprocessing, *, workers: int, strict: bool,
+               **kwargs: Any) -> BatchLoader:  # fmt: skip
+    """The loader for `dataset`: streamed from disk for a StreamingFolder, batched in memory otherwise."""
+    if isinstance(dataset, StreamingFolder):
+        return StreamLoader(dataset, preprocessing, workers=workers, strict=strict, **kwargs)
+    return BatchLoader(dataset, preprocessing, **kwargs)
+
+
+def stream_image_folder(
+    data_dir: str | Path, train: StreamTransform, evaluate: StreamTransform, *, val_fraction: float = 0.1,
+    seed: int = 0,
+) -> tuple[StreamingFolder, StreamingFolder]:  # fmt: skip
+    """(train, held-out) of an image folder, as `folder.load_image_folder` splits it (train/ + val/, or a seeded
+    stratified `val_fraction` of class folders), nothing decoded yet. Files are only scanned here: an unreadable
+    one is found when its batch is read (and, unlike in memory mode, still counts in the held-out draw)."""
+    root = require_folder(data_dir, "image folder")
+    train_dir, val_dir = _split_dirs(root)
+    if val_dir is not None:
+        scans = [_scan(train_dir), _scan(val_dir)]
+        _check_same_classes(*scans)
+        return _streamed(root, scans[0], "train", train), _streamed(root, scans[1], "val", evaluate)
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    full = _streamed(root, _scan(train_dir), "all", train)
+    val_idx, train_idx = stratified_split(full.labels, full.classes, val_fraction, seed)
+    held_out = [Path(full.samples[i][0]).relative_to(root).as_posix() for i in val_idx.tolist()]
+    record = {"val_seed": seed, "val_fraction": val_fraction, "held_out": held_out}
+    val = full.subset(val_idx, split="val", **record).with_transform(evaluate)
+    return full.subset(train_idx, split="train", **record), val
+
+
+def _streamed(root: Path, scan: Any, split: str, transform: StreamTransform) -> StreamingFolder:
+    prefix = scan.root.relative_to(root).as_posix()
+    info = {"source": str(root.resolve()), "split": split, "folder": prefix, "streamed": True,
+            "not_images": [f.relative_to(root).as_posix() for f in scan.not_images]}  # fmt: skip
+    if scan.not_images:
+        log.warning("%s: ignored %d file(s) that are not images", root, len(scan.not_images))
+    return StreamingFolder(scan.samples, scan.classes, info, transform)
+
+
+def count_images(data_dir: str | Path) -> int:
+    """Image files under an image folder's class folders (train/ and the held-out folder, or the class folders)."""
+    root = require_folder(data_dir, "image folder")
+    train_dir, val_dir = _split_dirs(root)
+    return sum(len(_scan(d).samples) for d in (train_dir, val_dir) if d is not None)
+
+
+def transforms_for(pre: Preprocessing, policy: str = "none", erasing: float = 0.0) -> tuple[StreamTransform, ...]:
+    """(training, evaluation) worker transforms equivalent to `pre`'s ImageNet-style preset."""
+    resize = pre.storage_size
+    train = StreamTransform(pre.size, True, resize, tuple(pre.rrc_scale), policy, erasing)
+    return train, StreamTransform(pre.size, False, resize)
+
+
+def stream_workers(asked: int | None) -> int:
+    """Decoding processes: as asked, else one per CPU core (at most 8)."""
+    if asked is not None:
+        return asked
+    return min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1), 8)

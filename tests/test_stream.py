@@ -1,0 +1,138 @@
+"""Issue 19: image folders streamed from disk (DataLoader workers, per-image augmentation), on real cats-vs-dogs
+JPEGs: the same batches whatever the workers, every image once per epoch across torchrun processes, exact
+mid-epoch resume, bad files and dying workers, and when `auto` streams."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from resnetkit.cli.main import main
+from resnetkit.config import ConfigError, TrainConfig
+from resnetkit.data.factory import streams
+from resnetkit.data.stream import StreamingFolder, StreamLoader, stream_image_folder, transforms_for
+from resnetkit.engine import runner
+from resnetkit.errors import DataError
+from resnetkit.models import create_model
+from resnetkit.transforms import preprocessing_for
+
+import faults
+from conftest import REPO, shared_data
+
+WORKER = Path(__file__).with_name("stream_worker.py")
+PER_CLASS = {"train": 24, "val": 8}
+RUN = ["--model", "resnet18", "--data", "folder", "--data-mode", "stream", "--img-size", "32", "--batch-size", "8",
+       "--no-progress", "--threads", "1", "--set", "model_kwargs={drop_path_rate: 0.1}"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """train/{cat,dog}/ 24 photos each and val/ 8 each: real cats-vs-dogs JPEGs, re-encoded at half size."""
+    src, root = shared_data("cats_vs_dogs"), tmp_path_factory.mktemp("cvd_small")
+    for split, n in PER_CLASS.items():
+        for c in ("cat", "dog"):
+            (root / split / c).mkdir(parents=True)
+            for path in sorted((src / split / c).glob("*.jpg"))[:n]:
+                with Image.open(path) as im:
+                    im.reduce(2).save(root / split / c / path.name, quality=90)
+    return root
+
+
+def _pre(size: int = 32):
+    return preprocessing_for(create_model("resnet18").default_cfg, "imagenet", size)
+
+
+def _loader(data: StreamingFolder, workers: int, **kw) -> StreamLoader:
+    return StreamLoader(data, _pre(), batch_size=8, train=True, seed=3, workers=workers, **kw)
+
+
+def test_workers_decode_the_same_batches_as_the_training_process(folder: Path) -> None:
+    train, _ = stream_image_folder(folder, *transforms_for(_pre(), "trivial", 0.5))
+    in_process = list(_loader(train, 0).epoch(1, 2))
+    in_workers = list(_loader(train, 2).epoch(1, 2))
+    assert len(in_process) == 48 // 8 - 2
+    for (a, ya), (b, yb) in zip(in_process, in_workers, strict=True):
+        assert torch.equal(a, b) and torch.equal(ya, yb)
+    assert a.shape == (8, 3, 32, 32) and a.is_contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(in_process[0][0], next(iter(_loader(train, 0).epoch(2, 2)))[0])  # a new epoch, new draws
+
+
+def test_each_image_once_per_epoch_across_two_torchrun_processes(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "seen"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
+           "--folder", str(folder), "--epoch", "1", "--out", str(out)]  # fmt: skip
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
+    }
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    seen = ranks[0]["files"] + ranks[1]["files"]
+    assert len(seen) == len(set(seen)) == ranks[0]["n"] == 48  # 6 global batches of 8: every image exactly once
+    assert set(ranks[0]["files"]).isdisjoint(ranks[1]["files"])
+    assert all(shape[0] == 4 for r in ranks for shape in r["batches"])  # each process: half of each global batch
+
+
+@pytest.mark.parametrize("stop_at", [3, 8])  # the middle of epoch 1, the middle of epoch 2
+def test_a_streamed_run_resumes_mid_epoch_exactly(folder: Path, tmp_path: Path, capsys, monkeypatch, stop_at) -> None:
+    args = ["train", *RUN, "--data-dir", str(folder), "--epochs", "2", "--workers", "2", "--set", "augment_policy=rand"]
+    assert main(["-q", *args, "--out", str(tmp_path / "straight")]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "run_training", faults.with_callbacks([faults.sigint_at(stop_at)]))
+        assert main(["-q", *args, "--out", str(tmp_path / "split"), "--checkpoint-every", "1"]) == 130
+    assert main(["-q", "train", "--resume", str(tmp_path / "split"), "--no-progress"]) == 0
+    capsys.readouterr()
+    straight, split = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=True)["model"]
+                       for d in ("straight", "split"))  # fmt: skip
+    assert all(torch.equal(straight[k], split[k]) for k in straight)
+    info = json.loads((tmp_path / "straight" / "run.json").read_text())
+    assert info["datasets"]["train"]["streamed"] and info["datasets"]["train"]["n"] == 48
+
+
+def test_unreadable_files_are_skipped_with_a_warning_or_fail_under_strict(folder: Path, tmp_path, caplog) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    first = sorted((broken / "train" / "cat").glob("*.jpg"))[0]
+    first.write_bytes(first.read_bytes()[:200])  # a truncated JPEG
+    train, _ = stream_image_folder(broken, *transforms_for(_pre()))
+    with caplog.at_level(logging.WARNING, logger="resnetkit"):
+        labels = torch.cat([y for _, y in _loader(train, 0).epoch(0)])
+    assert len(labels) == 47 and first.name in caplog.text and "unreadable" in caplog.text
+    with pytest.raises(DataError, match=f"unreadable image .*{first.name}"):
+        list(_loader(train, 0, strict=True).epoch(0))
+
+
+class _Dies(StreamingFolder):
+    def __getitem__(self, key):  # type: ignore[override]
+        os.kill(os.getpid(), signal.SIGKILL)  # a worker killed, as the OOM killer would
+
+
+def test_a_dying_worker_is_one_clear_error(folder: Path) -> None:
+    train, _ = stream_image_folder(folder, *transforms_for(_pre()))
+    dies = _Dies([(Path(p), y) for p, y in train.samples], train.classes, train.info, train.transform)
+    with pytest.raises(DataError, match="image-loading worker failed") as e:
+        list(_loader(dies, 1).epoch(0))
+    assert "\n" not in str(e.value)
+
+
+def test_auto_streams_only_when_the_decoded_folder_exceeds_the_budget(folder: Path) -> None:
+    base = dict(data="folder", data_dir=str(folder), img_size=224)
+    pre = _pre(224)  # 64 photos stored at 256 px: 64 x 3 x 256^2 = 12.6 MB decoded
+    assert not streams(TrainConfig(**base, memory_budget_gb=0.02), pre)
+    assert streams(TrainConfig(**base, memory_budget_gb=0.01), pre)
+    assert streams(TrainConfig(**base, augment_policy="trivial"), pre)  # per-image policies need workers
+    assert not streams(TrainConfig(**base, data_mode="memory"), pre)
+    with pytest.raises(ConfigError, match="streamed from disk"):
+        streams(TrainConfig(data="sample", data_mode="stream"), pre)
