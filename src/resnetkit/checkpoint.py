@@ -79,8 +79,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
-    """The trained model, rebuilt from the record and loaded strictly, in eval mode."""
+    """The trained model, rebuilt from the record and loaded strictly, in eval mode: the weights' moving average
+    where the run kept one (`ema_decay`), else the weights."""
     kwargs = dict(ckpt["model_kwargs"])
     model = create_model(ckpt["model_name"], **kwargs)
-    model.load_state_dict(ckpt["model"], strict=True)
+    ema = ckpt.get("ema")
+    model.load_state_dict(ema["weights"] if ema else ckpt["model"], strict=True)
     return model.eval()

@@ -77,6 +77,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     warmup_constant_factor: float | None = None  # the paper's ResNet-110 warm-up: 0.1 x lr, then the full lr
     grad_clip: float | None = None
+    ema_decay: float = 0.0  # weight EMA per update (0: off); evaluated, checkpointed, used by eval/predict/export
+    ema_every: int = 1  # optimisation steps between EMA updates
     amp: bool | None = None  # bf16/fp16 autocast; None: bf16 on a CPU where it measured faster (engine.device)
     amp_dtype: str = "auto"  # auto: bf16 where the device has it, else fp16 (with a loss scaler); or bfloat16/float16
     dtype: str = "float32"  # of the weights and batches; float64 checks numerics (N processes = 1 process), slowly
@@ -107,6 +109,10 @@ class TrainConfig:
         _choice("augment_policy", self.augment_policy, AUGMENT_POLICIES)
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be 0 (decode in the training process) or more, got {self.workers}")
+        if not 0.0 <= self.ema_decay < 1.0 or self.ema_every < 1:
+            raise ConfigError(
+                f"ema_decay must be in [0, 1) and ema_every at least 1, got {self.ema_decay}, {self.ema_every}"
+            )
         if not 0.0 <= self.random_erasing <= 1.0:
             raise ConfigError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if self.amp and self.dtype != "float32":

@@ -26,6 +26,7 @@ from resnetkit.data.factory import TrainingData
 from resnetkit.data.loader import mix_seed
 from resnetkit.data.stream import loader_for, stream_workers
 from resnetkit.engine.device import compile_pays_off, make_grad_scaler, run_autocast_dtype
+from resnetkit.engine.ema import WeightEma
 from resnetkit.engine.fastpath import speed_up_for_training
 from resnetkit.engine.finetune import finetune_param_groups, freeze_batchnorm
 from resnetkit.engine.interrupt import InterruptFlag, graceful_interrupt
@@ -118,6 +119,7 @@ class Trainer:
         self.forward_model = speed_up_for_training(model, compile_, wrap=lambda m: distributed.wrap_model(m, device))
         self.amp_dtype = run_autocast_dtype(cfg.amp, cfg.amp_dtype, device)
         self.scaler = make_grad_scaler(self.amp_dtype, device)
+        self.ema = WeightEma(model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay else None
         self.state = TrainState()
 
     def _make_loaders(self) -> None:
@@ -151,6 +153,7 @@ class Trainer:
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), epoch=s.epoch, batch=s.batch, step=s.step, history=s.history,
             best=s.best, stale=s.stale, partial=s.partial, config=self.cfg.to_dict(),
+            ema=self.ema.state_dict() if self.ema else None,
             rng=torch.get_rng_state(),  # not needed to resume (each step reseeds); kept for earlier versions' readers
         )  # fmt: skip
 
@@ -166,6 +169,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt.get("scaler"):  # fp16 runs; checkpoints of bf16/fp32 runs hold an empty (disabled) state
             self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
         self.folder.rewrite_metrics(ckpt["history"])
         self.state = TrainState.from_checkpoint(ckpt)
         log.info("resuming %s at epoch %d, step %d", self.folder.path, self.state.epoch + 1, self.state.step)
@@ -233,6 +238,8 @@ class Trainer:
         sums.correct += hits
         sums.seen += y.shape[0]
         s.batch, s.step = s.batch + 1, s.step + 1
+        if self.ema is not None:
+            self.ema.update(self.model, s.step)
 
     def _resume_sums(self) -> _EpochSums:
         """The epoch's sums so far: zero, or what a mid-epoch checkpoint recorded (rank 0 carries the global
@@ -291,11 +298,7 @@ class Trainer:
         s = self.state
         row: dict[str, Any] = {"epoch": s.epoch + 1, "step": s.step, "lr": self.scheduler.get_last_lr()[0]}
         row.update(self._epoch_train)
-        distributed.broadcast_buffers(self.model)  # BatchNorm statistics of rank 0 on every rank, as saved
-        for name, loader in self.eval_loaders.items():
-            result: EvalResult = evaluate(self.model, loader, len(self.data.classes))  # all-reduced over ranks
-            row.update({f"{name}_loss": result.loss, f"{name}_top1": result.top1, f"{name}_top5": result.top5})
-            row[f"{name}_n"] = result.n
+        self._evaluate_into(row)
         s.history.append(row)
         s.epoch, s.batch = s.epoch + 1, 0
         improved = self._track_best(row)
@@ -310,8 +313,22 @@ class Trainer:
             return "early_stopping"
         return "completed"
 
+    def _evaluate_into(self, row: dict[str, Any]) -> None:
+        """Each held-out split's metrics (and the weight EMA's, prefixed ema_), all-reduced over the processes."""
+        models = {"": self.model, "ema_": self.ema.module if self.ema is not None else None}
+        for prefix, model in models.items():
+            if model is None:
+                continue
+            distributed.broadcast_buffers(model)  # BatchNorm statistics of rank 0 on every rank, as saved
+            for name, loader in self.eval_loaders.items():
+                result: EvalResult = evaluate(model, loader, len(self.data.classes))
+                key = f"{prefix}{name}"
+                row.update({f"{key}_loss": result.loss, f"{key}_top1": result.top1, f"{key}_top5": result.top5})
+                row[f"{key}_n"] = result.n
+
     def _track_best(self, row: dict[str, Any]) -> bool:
-        key = f"{self.data.selection_split}_top1"
+        # the weights `eval` will use: the EMA's when the run keeps one
+        key = f"{'ema_' if self.ema is not None else ''}{self.data.selection_split}_top1"
         if key not in row:
             return False
         if self.state.best is None or row[key] > self.state.best[key]:
