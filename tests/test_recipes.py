@@ -44,6 +44,15 @@ def warmup_cosine(base: float, warmup: int, total: int) -> Callable[[int], float
     return lr
 
 
+def warmup_linear(base: float, warmup: int, total: int) -> Callable[[int], float]:
+    """Linear warm-up to `base`, then a straight line down to 0 at `total` (the "onecycle" schedule)."""
+
+    def lr(step: int) -> float:
+        return base * (step + 1) / warmup if step < warmup else base * max(1 - (step - warmup) / (total - warmup), 0)
+
+    return lr
+
+
 @dataclass(frozen=True)
 class Promise:
     data: str  # shared data folder
@@ -56,6 +65,7 @@ class Promise:
     nesterov: bool
     backbone_lr: float = 1.0
     momentum: float = 0.9
+    weights_stand_in: bool = False  # the recipe names downloadable weights: a local file of the same shape instead
 
 
 CIFAR, CATS = "cifar-10-batches-bin", "cats_vs_dogs"
@@ -85,6 +95,13 @@ PROMISES = {
     # the embedded sample and the cats-vs-dogs folder: 2,000 training images / 64 = 31 steps, warm-up 1 epoch
     "sample_quick": Promise("", 31, 15 * 31, warmup_cosine(0.1, 31, 465), (0, 30, 31, 248, 464), 5e-4, False, True),
     "cats_vs_dogs": Promise(CATS, 31, 20 * 31, warmup_cosine(0.1, 31, 620), (0, 30, 31, 325, 619), 5e-4, False, True),
+    # torchvision's ResNet-50 V2 and the short ImageNet recipe, on the cats-vs-dogs folder as a stand-in for ImageNet:
+    # 2,000 images at a global batch of 1024 are 1 step per epoch; V2: 600 epochs, warm-up 5 epochs to 0.5, cosine
+    "imagenet_resnet50_tv2": Promise(CATS, 1, 600, warmup_cosine(0.5, 5, 600), (0, 4, 5, 302, 599), 2e-5, False,
+                                     False),
+    "imagenet_resnet50_fast": Promise(CATS, 1, 16, warmup_linear(1.7, 2, 16), (0, 2, 3, 9, 15), 5e-5, False, False),
+    "folder_224_finetune": Promise(CATS, 31, 10 * 31, warmup_cosine(0.01, 31, 310), (0, 30, 31, 170, 309), 5e-4,
+                                   True, True, backbone_lr=0.1, weights_stand_in=True),
     # fine-tuning: head lr 0.01, backbone 0.1 x that, weight decay on every trained parameter
     "cats_vs_dogs_finetune": Promise(CATS, 31, 15 * 31, warmup_cosine(0.01, 31, 465), (0, 30, 31, 248, 464), 5e-4,
                                      True, True, backbone_lr=0.1),
@@ -106,6 +123,9 @@ def _trainer(name: str, promise: Promise, tmp_path: Path) -> Trainer:
     values = load_yaml(name) | {"progress": False}
     if promise.data:
         values["data_dir"] = str(shared_data(promise.data))
+    if promise.weights_stand_in:  # no internet here: random weights of the same architecture, as a local file
+        values["weights"] = str(tmp_path / "weights.pt")
+        torch.save(resnetkit.create_model(values["model"]).state_dict(), values["weights"])
     cfg = TrainConfig.from_dict(values, source=name)
     data = load_training_data(cfg, resolve_data_config(cfg.model, cfg.weights, **cfg.model_kwargs))
     model = resnetkit.create_model(cfg.model, num_classes=len(data.classes), weights=cfg.weights, **cfg.model_kwargs)

@@ -136,3 +136,31 @@ def test_auto_streams_only_when_the_decoded_folder_exceeds_the_budget(folder: Pa
     assert not streams(TrainConfig(**base, data_mode="memory"), pre)
     with pytest.raises(ConfigError, match="streamed from disk"):
         streams(TrainConfig(data="sample", data_mode="stream"), pre)
+
+
+@pytest.mark.parametrize("mode", ["memory", "stream"])
+def test_fixres_trains_on_smaller_crops_and_evaluates_the_resized_center(folder: Path, mode: str) -> None:
+    from resnetkit.data.factory import load_training_data
+    from resnetkit.data.stream import loader_for
+    from resnetkit.models import resolve_data_config
+
+    cfg = TrainConfig(model="resnet18", data="folder", data_dir=str(folder), data_mode=mode, img_size=64,
+                      train_img_size=48, eval_resize=72, progress=False)  # fmt: skip
+    data = load_training_data(cfg, resolve_data_config("resnet18"))
+    assert data.preprocessing.storage_size == 72 and data.preprocessing.train_crop == 48
+    kw = dict(workers=0, strict=False, batch_size=8)
+    x_train, _ = next(iter(loader_for(data.train, data.preprocessing, train=True, **kw).epoch(0)))
+    x_eval, _ = next(iter(loader_for(data.test, data.preprocessing, train=False, **kw).epoch(0)))
+    assert x_train.shape[-2:] == (48, 48) and x_eval.shape[-2:] == (64, 64)
+
+
+def test_adamw_trains_with_decoupled_weight_decay_and_no_decay_on_norms(tmp_path: Path) -> None:
+    from resnetkit.engine.runner import run_training
+
+    run_training(TrainConfig(model="resnet20", data="sample", optimizer="adamw", lr=1e-3, weight_decay=0.05,
+                             no_decay_bn_bias=True, epochs=1, max_steps=2, batch_size=16, train_subset=32,
+                             test_subset=16, progress=False, threads=1, out=str(tmp_path / "run")))  # fmt: skip
+    opt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["optimizer"]
+    assert [g["weight_decay"] for g in opt["param_groups"]] == [0.05, 0.0]
+    assert all(g["betas"] == (0.9, 0.999) for g in opt["param_groups"])
+    assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(opt["state"].values())))  # Adam's moments, not SGD's buffer

@@ -44,7 +44,9 @@ class TrainConfig:
     data: str = "sample"
     data_dir: str | None = None
     download: bool = False
-    img_size: int | None = None  # None: the model's default input size
+    img_size: int | None = None  # None: the model's default input size (the evaluation input)
+    train_img_size: int | None = None  # FixRes: training crops of this side (torchvision's V2 recipe: 176 for 224)
+    eval_resize: int | None = None  # evaluation: short side resized to this, then center crop img_size (232 -> 224)
     val_size: int = 0  # images held out of the training set for validation (5000 = the paper's 45k/5k split)
     val_fraction: float = 0.1  # image folders without a val/ folder
     train_subset: int | None = None
@@ -66,6 +68,7 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None
     batch_size: int = 128
+    optimizer: str = "sgd"  # sgd | adamw (momentum is AdamW's beta1)
     lr: float = 0.1
     momentum: float = 0.9
     nesterov: bool = False
@@ -106,6 +109,7 @@ class TrainConfig:
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("data_mode", self.data_mode, DATA_MODES)
+        _choice("optimizer", self.optimizer, ("sgd", "adamw"))
         _choice("augment_policy", self.augment_policy, AUGMENT_POLICIES)
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be 0 (decode in the training process) or more, got {self.workers}")

@@ -21,10 +21,25 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) 
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def build_sgd(
     model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool, no_decay_bn_bias: bool
 ) -> torch.optim.SGD:
     groups = param_groups(model, weight_decay, no_decay_bn_bias)
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
+
+
+def build_optimizer(
+    name: str, groups: list[dict], lr: float, momentum: float = 0.9, nesterov: bool = False
+) -> torch.optim.Optimizer:
+    """SGD with momentum (the papers') or AdamW (decoupled weight decay, Loshchilov & Hutter; `momentum` is its
+    beta1) over parameter `groups` that carry their own weight decay."""
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=(momentum, 0.999))
+    if name != "sgd":
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0)
 
 

@@ -73,6 +73,12 @@ class Preprocessing:
     pad: int = 4
     rrc_scale: tuple[float, float] = (0.08, 1.0)
     cutout: int = 0
+    train_size: int | None = None  # FixRes (Touvron et al., 2019): train crops smaller than `size`, the eval input
+
+    @property
+    def train_crop(self) -> int:
+        """The side of a training crop: `train_size` when set (torchvision's 176 for an eval at 224), else `size`."""
+        return self.train_size or self.size
 
     @property
     def storage_size(self) -> int:
@@ -107,7 +113,7 @@ class Preprocessing:
         if self.kind == "cifar":
             x = self.normalize(random_flip(random_crop(images, self.pad, gen, part), gen, part))
         elif self.kind == "imagenet":
-            x = self.normalize(random_resized_crop(images, self.size, self.rrc_scale, gen, part))
+            x = self.normalize(random_resized_crop(images, self.train_crop, self.rrc_scale, gen, part))
         else:
             x = self.eval_batch(images)
         return cutout(x, self.cutout, gen, part) if self.cutout else x

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,13 @@ def preprocessing_from_config(cfg: TrainConfig, model_cfg: DataConfig) -> Prepro
     kind = cfg.augment
     if kind == "auto":
         kind = "imagenet" if cfg.data == "folder" else "cifar"
-    return preprocessing_for(model_cfg, kind, cfg.img_size, rrc_scale=tuple(cfg.rrc_scale), cutout=cfg.cutout)
+    pre = preprocessing_for(model_cfg, kind, cfg.img_size, rrc_scale=tuple(cfg.rrc_scale), cutout=cfg.cutout,
+                            train_size=cfg.train_img_size)  # fmt: skip
+    if cfg.eval_resize:
+        if cfg.eval_resize < pre.size:
+            raise ConfigError(f"eval_resize {cfg.eval_resize} is smaller than the {pre.size}-pixel evaluation crop")
+        pre = dataclasses.replace(pre, crop_pct=pre.size / cfg.eval_resize)
+    return pre
 
 
 def load_eval_split(

@@ -246,7 +246,7 @@ def count_images(data_dir: str | Path) -> int:
 def transforms_for(pre: Preprocessing, policy: str = "none", erasing: float = 0.0) -> tuple[StreamTransform, ...]:
     """(training, evaluation) worker transforms equivalent to `pre`'s ImageNet-style preset."""
     resize = pre.storage_size
-    train = StreamTransform(pre.size, True, resize, tuple(pre.rrc_scale), policy, erasing)
+    train = StreamTransform(pre.train_crop, True, resize, tuple(pre.rrc_scale), policy, erasing)
     return train, StreamTransform(pre.size, False, resize)
 
 

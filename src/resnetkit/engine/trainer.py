@@ -33,7 +33,7 @@ from resnetkit.engine.interrupt import InterruptFlag, graceful_interrupt
 from resnetkit.engine.loop import EvalResult, Mixing, evaluate, train_step
 from resnetkit.engine.run_dir import RunFolder
 from resnetkit.errors import NonFiniteLoss, TrainingInterrupted
-from resnetkit.optim import build_schedule, build_sgd, lr_factor
+from resnetkit.optim import build_optimizer, build_schedule, lr_factor, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -338,11 +338,12 @@ class Trainer:
         return False
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if not cfg.weights:
-        return build_sgd(model, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.nesterov, cfg.no_decay_bn_bias)
-    groups = finetune_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay, cfg.no_decay_bn_bias)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+        groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
+    else:
+        groups = finetune_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay, cfg.no_decay_bn_bias)
+    return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.nesterov)
 
 
 def _global_sums(sums: _EpochSums) -> tuple[float, float, int]:
