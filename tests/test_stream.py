@@ -164,3 +164,28 @@ def test_adamw_trains_with_decoupled_weight_decay_and_no_decay_on_norms(tmp_path
     assert [g["weight_decay"] for g in opt["param_groups"]] == [0.05, 0.0]
     assert all(g["betas"] == (0.9, 0.999) for g in opt["param_groups"])
     assert {"exp_avg", "exp_avg_sq"} <= set(next(iter(opt["state"].values())))  # Adam's moments, not SGD's buffer
+
+
+def test_big_jpegs_are_decoded_at_a_reduced_scale_that_still_covers_the_crop(tmp_path: Path) -> None:
+    from resnetkit.data.stream import read_photo
+
+    photo = sorted((shared_data("cats_vs_dogs") / "train" / "cat").glob("*.jpg"))[0]
+    with Image.open(photo) as im:
+        big = im.convert("RGB").resize((im.width * 4, im.height * 4))
+    big.save(tmp_path / "big.jpg", quality=90)
+    big.save(tmp_path / "big.png")
+    full, drafted = read_photo(tmp_path / "big.png", 224), read_photo(tmp_path / "big.jpg", 224)
+    assert full.shape[1:] == (big.height, big.width) and full.dtype == torch.uint8
+    assert 224 <= min(drafted.shape[1:]) < big.height // 2  # DCT scaling skipped most of the decode
+    small = read_photo(photo, 224)  # the photo itself: full size, through libjpeg-turbo
+    with Image.open(photo) as im:
+        assert small.shape[1:] == (im.height, im.width)
+
+
+def test_bench_data_times_both_pipelines(folder: Path, capsys) -> None:
+    code = main(["-q", "bench", "data", "--data-dir", str(folder), "--img-size", "64", "--batch-size", "8",
+                 "--images", "16", "--rounds", "1", "--workers", "1"])  # fmt: skip
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and result["bench"] == "data"
+    assert result["images_per_sec"] > 0 and result["baseline_images_per_sec"] > 0
+    assert result["ratio"] == pytest.approx(result["images_per_sec"] / result["baseline_images_per_sec"])

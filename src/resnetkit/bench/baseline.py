@@ -90,3 +90,18 @@ def standard_model(name: str, num_classes: int | None = None) -> nn.Module:
     if name in torchvision.models.list_models(module=torchvision.models):
         return torchvision.models.get_model(name, **kwargs).eval()
     return resnetkit.create_model(name, **kwargs).eval()
+
+
+IMAGENET_NORMALIZE = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def standard_folder_loader(folder: str, size: int, batch_size: int, workers: int) -> DataLoader:
+    """torchvision's ImageFolder with the standard ImageNet training transforms (RandomResizedCrop, flip,
+    ToTensor, Normalize per image), shuffled by a DataLoader with `workers` processes: the usual training input."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    transform = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize(*IMAGENET_NORMALIZE)])  # fmt: skip
+    return DataLoader(ImageFolder(folder, transform), batch_size=batch_size, shuffle=True, num_workers=workers,
+                      drop_last=True)  # fmt: skip

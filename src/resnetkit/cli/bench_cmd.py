@@ -1,4 +1,4 @@
-"""`resnetkit bench train | infer | eval`: the fast path against the standard baseline, one JSON line at the end."""
+"""`resnetkit bench train | infer | eval | data`: the fast path against the standard baseline, a JSON line last."""
 
 from __future__ import annotations
 
@@ -31,7 +31,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     e.add_argument("--batch-size", type=int, default=250, help="for both sides")
     e.add_argument("--compile", dest="compile", action="store_true", default=None, help="default: as resnetkit eval")
     e.add_argument("--no-compile", dest="compile", action="store_false")
-    for k in (t, i, e):
+    d = kinds.add_parser("data", help="the training input pipeline alone: streamed folder vs torchvision ImageFolder")
+    d.add_argument("--data-dir", required=True, help="an image folder (train/ is used when there is one)")
+    d.add_argument("--img-size", type=int, default=224)
+    d.add_argument("--workers", type=int, default=2, help="DataLoader worker processes, for both sides")
+    d.add_argument("--batch-size", type=int, default=64)
+    d.add_argument("--images", type=int, default=1024, help="images per timed round")
+    d.add_argument("--rounds", type=int, default=3)
+    for k in (t, i, e, d):
         k.add_argument("--threads", type=int, help="torch threads (default: all cores)")
 
 
@@ -50,6 +57,10 @@ def run(args: argparse.Namespace) -> int:
                              steps=args.steps, compile=args.compile, amp=args.amp)  # fmt: skip
     elif args.bench == "eval":
         result = _bench_eval(args)
+    elif args.bench == "data":
+        from resnetkit.bench.data import bench_data
+
+        result = bench_data(args.data_dir, args.img_size, args.workers, args.batch_size, args.images, args.rounds)
     elif args.checkpoint:
         from resnetkit.bench.deployed import bench_infer_checkpoint
 

@@ -14,16 +14,19 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.transforms import v2
+from torchvision.io import ImageReadMode, decode_jpeg, read_file
+from torchvision.transforms import RandomResizedCrop, v2
 
 from resnetkit.data.folder import _check_same_classes, _scan, _split_dirs, decode_error_reason
 from resnetkit.data.loader import BatchLoader, mix_seed
@@ -54,16 +57,32 @@ class StreamTransform:
         if self.policy not in POLICIES:
             raise DataError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
 
-    def pipeline(self) -> v2.Compose:
+    def pipeline(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """photo (uint8, 3 x H x W) -> the view the model sees (uint8, 3 x size x size)."""
         if not self.train:
-            return v2.Compose([v2.Resize(self.resize, antialias=True), v2.CenterCrop(self.size)])
-        steps: list[Any] = [v2.RandomResizedCrop(self.size, scale=self.rrc_scale, antialias=True),
-                            v2.RandomHorizontalFlip()]  # fmt: skip
-        steps += {"none": [], "trivial": [v2.TrivialAugmentWide()], "rand": [v2.RandAugment()],
-                  "auto": [v2.AutoAugment()]}[self.policy]  # fmt: skip
+            return self._eval_view
+        extra: list[Any] = {"none": [], "trivial": [v2.TrivialAugmentWide()], "rand": [v2.RandAugment()],
+                            "auto": [v2.AutoAugment()]}[self.policy]  # fmt: skip
         if self.erasing:
-            steps.append(v2.RandomErasing(self.erasing, value=0))
-        return v2.Compose(steps)
+            extra.append(v2.RandomErasing(self.erasing, value=0))
+        policy = v2.Compose(extra) if extra else None
+        return lambda photo: self._train_view(photo) if policy is None else policy(self._train_view(photo))
+
+    def _train_view(self, photo: torch.Tensor) -> torch.Tensor:
+        """torchvision's RandomResizedCrop (its parameter draw) and a horizontal flip. The resize runs on a
+        channels-last uint8 crop: PyTorch's antialiased uint8 kernel is ~4x faster there than on a CHW view."""
+        i, j, h, w = RandomResizedCrop.get_params(photo, list(self.rrc_scale), [3 / 4, 4 / 3])
+        view = _resized(photo[:, i : i + h, j : j + w], (self.size, self.size))
+        return view.flip(-1) if bool(torch.rand(1) < 0.5) else view
+
+    def _eval_view(self, photo: torch.Tensor) -> torch.Tensor:
+        """The short side resized to `resize`, then the center `size` square."""
+        h, w = photo.shape[-2:]
+        short = min(h, w)
+        resized = _resized(photo, (max(self.resize, round(h * self.resize / short)),
+                                   max(self.resize, round(w * self.resize / short))))  # fmt: skip
+        top, left = (resized.shape[-2] - self.size) // 2, (resized.shape[-1] - self.size) // 2
+        return resized[:, top : top + self.size, left : left + self.size]
 
     def draft_side(self) -> int:
         """The shortest short side the decoder may downscale a photo to without losing what the crop needs:
@@ -71,15 +90,30 @@ class StreamTransform:
         return self.resize if not self.train else math.ceil(self.size / math.sqrt(self.rrc_scale[0]))
 
 
+def _resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear, antialiased resize of a uint8 (3, H, W) image, computed in channels-last uint8."""
+    batch = image.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    return F.interpolate(batch, size=size, mode="bilinear", antialias=True)[0]
+
+
 def read_photo(path: str | Path, draft_side: int) -> torch.Tensor:
-    """The photo as uint8 (3, H, W), RGB; JPEGs decoded at the smallest DCT scale keeping `draft_side`."""
+    """The photo as uint8 (3, H, W), RGB. JPEGs go through torchvision's libjpeg-turbo decoder straight into a
+    tensor (measured here 1.4x faster than PIL's decode and copy); a JPEG at least twice the size the crop needs
+    is instead decoded by PIL at a reduced DCT scale (`draft`), which skips most of the decoding work."""
     with Image.open(path) as im:
-        if im.format == "JPEG":
-            w, h = im.size
-            scale = max(1, min(w, h) // max(draft_side, 1))
-            im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-        rgb = im.convert("RGB")
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1)
+        w, h = im.size
+        scale = max(1, min(w, h) // max(draft_side, 1))
+        if im.format != "JPEG" or scale >= 2:
+            if im.format == "JPEG":
+                im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+    try:
+        with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated (for TorchCodec)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+    except RuntimeError:  # a JPEG variant libjpeg-turbo refuses (PIL may still read it, or say why it cannot)
+        with Image.open(path) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
 
 
 class StreamingFolder(Dataset):
@@ -91,7 +125,7 @@ class StreamingFolder(Dataset):
         self.samples = [(str(p), int(label)) for p, label in samples]
         self.classes, self.info, self.transform = list(classes), dict(info), transform
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
-        self._pipeline: v2.Compose | None = None
+        self._pipeline: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
