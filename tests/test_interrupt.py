@@ -60,7 +60,7 @@ def _train(*args: str) -> subprocess.CompletedProcess:
 
 
 def _metrics(run: Path) -> list[dict]:
-    drop = ("train_time_s", "train_images_per_s")
+    drop = ("train_time_s", "train_images_per_s", "data_wait_share")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k not in drop} for row in rows]
 

@@ -245,7 +245,7 @@ def test_an_interrupted_finetune_resumes_with_train_resume_exactly(
     assert len(lrs) == 2 and lrs[1] == pytest.approx(0.1 * lrs[0])  # head and backbone groups survived the resume
     for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
         assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
-    timing = ("train_time_s", "train_images_per_s")
+    timing = ("train_time_s", "train_images_per_s", "data_wait_share")
     rows_a, rows_b = (
         [{k: v for k, v in r.items() if k not in timing} for r in _rows(run)] for run in (straight, split)
     )

@@ -97,6 +97,8 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(folder: Path, tmp_path: Path, 
     straight, split = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=True)["model"]
                        for d in ("straight", "split"))  # fmt: skip
     assert all(torch.equal(straight[k], split[k]) for k in straight)
+    row = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 < row["data_wait_share"] < 1  # the share of the epoch the training process waited for batches
     info = json.loads((tmp_path / "straight" / "run.json").read_text())
     assert info["datasets"]["train"]["streamed"] and info["datasets"]["train"]["n"] == 48
 

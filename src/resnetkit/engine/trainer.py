@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,7 @@ class _EpochSums:
     correct: torch.Tensor
     seen: int
     t0: float
+    data_wait: float = 0.0  # seconds this process waited for batches (decoding, augmentation, transfer)
 
 
 class Trainer:
@@ -200,7 +201,7 @@ class Trainer:
             freeze_batchnorm(self.model, only_frozen_params=not self.cfg.freeze_bn)
         sums = self._resume_sums()
         bar = self._bar(s.batch)
-        for x, y in self.train_loader.epoch(s.epoch, s.batch):
+        for x, y in _waited_for(self.train_loader.epoch(s.epoch, s.batch), sums):
             self._step(x, y, sums)
             bar.update(y.shape[0])
             if s.step % LOG_EVERY == 0 or s.batch == self.steps_per_epoch:
@@ -258,6 +259,7 @@ class Trainer:
             "train_loss": loss_total / max(seen, 1),
             "train_top1": correct_total / max(seen, 1),
             "train_time_s": elapsed,
+            "data_wait_share": sums.data_wait / max(elapsed, 1e-9),  # this process's share waiting for input
             "train_images_per_s": seen / max(elapsed, 1e-9),
         }
         self.state.partial = {}
@@ -344,6 +346,19 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     else:
         groups = finetune_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay, cfg.no_decay_bn_bias)
     return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.nesterov)
+
+
+def _waited_for(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+                sums: _EpochSums) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """`batches`, adding the time spent waiting for each one to `sums.data_wait`."""
+    it = iter(batches)
+    while True:
+        t0 = time.perf_counter()
+        batch = next(it, None)
+        sums.data_wait += time.perf_counter() - t0
+        if batch is None:
+            return
+        yield batch
 
 
 def _global_sums(sums: _EpochSums) -> tuple[float, float, int]:
