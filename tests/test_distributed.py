@@ -69,7 +69,9 @@ def _same_weights(a: dict, b: dict) -> None:
 def _metrics(run: Path) -> list[dict]:
     """metrics.jsonl without its timings."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k not in ("train_time_s", "train_images_per_s", "data_wait_share")} for r in rows]
+    return [
+        {k: v for k, v in r.items() if k not in ("train_time_s", "train_images_per_s", "data_wait_share")} for r in rows
+    ]
 
 
 # --- launchers in the background: always reaped, workers included ---------------------------------------------

@@ -191,3 +191,19 @@ def test_bench_data_times_both_pipelines(folder: Path, capsys) -> None:
     assert code == 0 and result["bench"] == "data"
     assert result["images_per_sec"] > 0 and result["baseline_images_per_sec"] > 0
     assert result["ratio"] == pytest.approx(result["images_per_sec"] / result["baseline_images_per_sec"])
+
+
+def test_photos_are_read_as_the_in_memory_loader_reads_them(tmp_path: Path) -> None:
+    import numpy as np
+
+    from resnetkit.data.stream import read_photo
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_photo(tmp_path / "rotated.jpg", 32).shape == (3, 60, 40)  # as displayed: 40 wide, 60 high
+    rgba = np.zeros((20, 20, 4), dtype=np.uint8)  # fully transparent black
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
+    assert read_photo(tmp_path / "clear.png", 16).unique().tolist() == [255]  # composited onto white
+    Image.fromarray(np.full((20, 20), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
+    assert read_photo(tmp_path / "deep.png", 16).unique().tolist() == [255]  # 16-bit white is 8-bit white
