@@ -35,3 +35,7 @@ class NonFiniteLoss(ResnetkitError):
 class ExportError(ResnetkitError):
     """An export that cannot be made, or an exported file that cannot be used (not ONNX, no metadata, an extra
     that is not installed)."""
+
+
+class ModelArgumentError(ResnetkitError, ValueError):
+    """Model keyword arguments the architecture cannot be built with (an impossible output_stride, a bad width)."""

@@ -32,8 +32,9 @@ class BlockOptions:
             raise ValueError(f"unknown shortcut option {self.shortcut!r}; choose one of {', '.join(SHORTCUT_OPTIONS)}")
 
 
-def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, groups=groups, bias=False)
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=dilation, groups=groups, dilation=dilation,
+                     bias=False)  # fmt: skip
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -94,16 +95,16 @@ class BasicBlock(ResidualBlock):
 
     def __init__(
         self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None,
+        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
     ) -> None:  # fmt: skip
         super().__init__()
         if opts.groups != 1 or opts.base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
         (mid,) = inner_widths_of(inner, planes, 1)
-        self.conv1 = conv3x3(in_planes, mid, stride)
+        self.conv1 = conv3x3(in_planes, mid, stride, dilation=dilation[0])
         self.bn1 = opts.norm_layer(mid)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(mid, planes)
+        self.conv2 = conv3x3(mid, planes, dilation=dilation[1])
         self.bn2 = opts.norm_layer(planes)
         self._init_shortcut(in_planes, planes, stride, opts, drop_path)
 
@@ -127,7 +128,7 @@ class Bottleneck(ResidualBlock):
 
     def __init__(
         self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None,
+        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
     ) -> None:  # fmt: skip
         super().__init__()
         width = int(planes * (opts.base_width / 64.0)) * opts.groups
@@ -135,7 +136,7 @@ class Bottleneck(ResidualBlock):
         stride_1x1, stride_3x3 = (stride, 1) if opts.stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(in_planes, w1, stride_1x1)
         self.bn1 = opts.norm_layer(w1)
-        self.conv2 = conv3x3(w1, w2, stride_3x3, opts.groups)
+        self.conv2 = conv3x3(w1, w2, stride_3x3, opts.groups, dilation[0])
         self.bn2 = opts.norm_layer(w2)
         self.conv3 = conv1x1(w2, planes * self.expansion)
         self.bn3 = opts.norm_layer(planes * self.expansion)
@@ -162,7 +163,7 @@ class PreActBasicBlock(ResidualBlock):
 
     def __init__(
         self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None,
+        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
     ) -> None:  # fmt: skip
         super().__init__()
         if opts.groups != 1 or opts.base_width != 64:
@@ -170,9 +171,9 @@ class PreActBasicBlock(ResidualBlock):
         (mid,) = inner_widths_of(inner, planes, 1)
         self.bn1 = opts.norm_layer(in_planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv1 = conv3x3(in_planes, mid, stride)
+        self.conv1 = conv3x3(in_planes, mid, stride, dilation=dilation[0])
         self.bn2 = opts.norm_layer(mid)
-        self.conv2 = conv3x3(mid, planes)
+        self.conv2 = conv3x3(mid, planes, dilation=dilation[1])
         self._init_shortcut(in_planes, planes, stride, opts, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -193,7 +194,7 @@ class PreActBottleneck(ResidualBlock):
 
     def __init__(
         self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None,
+        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
     ) -> None:  # fmt: skip
         super().__init__()
         width = int(planes * (opts.base_width / 64.0)) * opts.groups
@@ -202,7 +203,7 @@ class PreActBottleneck(ResidualBlock):
         self.relu = nn.ReLU(inplace=True)
         self.conv1 = conv1x1(in_planes, w1)
         self.bn2 = opts.norm_layer(w1)
-        self.conv2 = conv3x3(w1, w2, stride, opts.groups)
+        self.conv2 = conv3x3(w1, w2, stride, opts.groups, dilation[0])
         self.bn3 = opts.norm_layer(w2)
         self.conv3 = conv1x1(w2, planes * self.expansion)
         self._init_shortcut(in_planes, planes * self.expansion, stride, opts, drop_path)

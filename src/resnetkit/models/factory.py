@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetkit.errors import WeightsError
-from resnetkit.model_registry import get_model_entry, list_model_names
+from resnetkit.errors import ModelArgumentError, WeightsError
+from resnetkit.model_registry import ModelEntry, get_model_entry, list_model_names
 from resnetkit.transforms import DataConfig
 from resnetkit.weights import download_url, load_into_model, read_state_dict
 from resnetkit.weights.registry import WeightsEntry, get_weights, is_weights_name, resolve_weights_file
@@ -51,7 +51,7 @@ def create_model(
     classes = num_classes if num_classes is not None else file_classes
     if classes is not None:
         kwargs["num_classes"] = classes
-    model = entry.builder(**kwargs)
+    model = _build(entry, kwargs)
     if state is not None:
         load_into_model(model, state, source, keep_head=file_classes is None or file_classes == model.num_classes)
     if pretrained is not None:
@@ -67,6 +67,14 @@ def create_model(
     return model
 
 
+def _build(entry: ModelEntry, kwargs: dict[str, Any]) -> nn.Module:
+    """The architecture built with `kwargs`; what it refuses is one ModelArgumentError line naming the model."""
+    try:
+        return entry.builder(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelArgumentError(f"cannot build {entry.name}: {' '.join(str(e).split())}") from e
+
+
 def resolve_data_config(name: str, weights: str | os.PathLike[str] | None = None, **kwargs: Any) -> DataConfig:
     """How inputs are prepared for `name` built with `kwargs`: as the registered `weights` were trained (their
     resolution, normalisation and crop), else the architecture's default. Builds nothing and reads no file."""
@@ -74,7 +82,7 @@ def resolve_data_config(name: str, weights: str | os.PathLike[str] | None = None
     if pretrained is not None:
         return _pretrained_data_config(pretrained, kwargs)
     with torch.device("meta"):
-        return get_model_entry(name).builder(**kwargs).default_cfg
+        return _build(get_model_entry(name), kwargs).default_cfg
 
 
 def _pretrained_data_config(pretrained: WeightsEntry, kwargs: dict[str, Any]) -> DataConfig:
@@ -105,7 +113,7 @@ def _head_classes(name: str, kwargs: dict[str, Any], state: dict[str, torch.Tens
     `default_cfg`, after the key aliases of its family's checkpoints (`remap_state_dict`). The architecture is
     built on "meta" to ask it: no memory, no initialisation, no random numbers drawn."""
     with torch.device("meta"):
-        probe = get_model_entry(name).builder(**kwargs)
+        probe = _build(get_model_entry(name), kwargs)
     classifier = getattr(getattr(probe, "default_cfg", None), "classifier", None)
     remap = getattr(probe, "remap_state_dict", None)
     weight = (remap(state) if remap else state).get(f"{classifier}.weight") if classifier else None

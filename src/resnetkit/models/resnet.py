@@ -19,6 +19,7 @@ from resnetkit.models.blocks import BlockOptions, ResidualBlock
 from resnetkit.transforms import DataConfig
 
 STEMS = ("imagenet", "cifar")
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 class ResNet(nn.Module):
@@ -47,15 +48,11 @@ class ResNet(nn.Module):
         drop_path_rate: float = 0.0,
         norm_layer: str | NormLayer | None = None,
         inner_widths: Sequence[Sequence[Sequence[int]]] | None = None,
+        output_stride: int = 32,
         default_cfg: DataConfig | None = None,
     ) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
-        if len(layers) != len(widths):
-            raise ValueError(f"{len(layers)} stage depths given for {len(widths)} stage widths")
-        if zero_init_residual and shortcut == "none":
-            raise ValueError("zero_init_residual needs shortcuts: a plain network would start as zero")
+        _check_arguments(stem, layers, widths, shortcut, zero_init_residual, output_stride)
         norm = resolve_norm_layer(norm_layer)
         opts = BlockOptions(norm, shortcut, groups, width_per_group, stride_in_1x1)
         self.stem_type = stem
@@ -67,7 +64,8 @@ class ResNet(nn.Module):
             dict(num_chs=widths[0], reduction=stem_reduction, module=groups_[0][-1])
         ]
         inner = _check_inner_widths(inner_widths, layers, block)
-        groups_ += self._build_stages(block, layers, widths, opts, drop_path_rate, stem_reduction, inner)
+        plan = _stage_plan(len(layers), 4 if stem == "imagenet" else 1, output_stride)
+        groups_ += self._build_stages(block, layers, widths, opts, drop_path_rate, inner, plan)
         self.num_features = widths[-1] * block.expansion
         if self.preact:
             self.norm = norm(self.num_features)
@@ -102,25 +100,27 @@ class ResNet(nn.Module):
         widths: Sequence[int],
         opts: BlockOptions,
         drop_path_rate: float,
-        reduction: int,
         inner: Sequence[Sequence[Sequence[int] | None]],
+        plan: list[tuple[int, int, int, int]],
     ) -> list[tuple[str, ...]]:
+        """Stage i: (stride, previous dilation, dilation, reduction after it) from `_stage_plan`."""
         total = sum(layers)
         rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]  # linear decay rule (Huang et al.)
         in_planes, index, groups = widths[0], 0, []
         for stage, (width, depth) in enumerate(zip(widths, layers, strict=True)):
-            stride = 1 if stage == 0 else 2
+            stride, before, dilation, reduction = plan[stage]
             blocks = []
             for i in range(depth):
-                blocks.append(block(in_planes, width, stride if i == 0 else 1, opts, rates[index], inner[stage][i]))
+                first = (before, dilation) if i == 0 else (dilation, dilation)
+                blocks.append(block(in_planes, width, stride if i == 0 else 1, opts, rates[index], inner[stage][i],
+                                    first))  # fmt: skip
                 in_planes, index = width * block.expansion, index + 1
             name = f"layer{stage + 1}"
             self.add_module(name, nn.Sequential(*blocks))
             group: tuple[str, ...] = (name,)
             if stage == 0 and self.stem_type == "imagenet":
                 self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-                group, reduction = ("maxpool", name), reduction * 2
-            reduction *= stride
+                group = ("maxpool", name)
             self.feature_info.append(dict(num_chs=in_planes, reduction=reduction, module=name))
             groups.append(group)
         return groups
@@ -191,3 +191,34 @@ def _check_inner_widths(
     if any(len(w) != block.inner_convs for stage in inner_widths for w in stage):
         raise ValueError(f"each {block.__name__} takes {block.inner_convs} inner width(s)")
     return [list(stage) for stage in inner_widths]
+
+
+def _stage_plan(stages: int, reduction: int, output_stride: int) -> list[tuple[int, int, int, int]]:
+    """Per stage: (stride of its first block, that block's first dilation, the stage's dilation, the feature map's
+    reduction after it). Past `output_stride` a stage keeps the resolution and dilates its 3x3 convolutions by the
+    stride it gave up (torchvision's replace_stride_with_dilation, timm's output_stride); the first block of such a
+    stage keeps the previous stage's dilation on its first 3x3, as both do."""
+    plan, dilation = [], 1
+    for stage in range(stages):
+        stride, before = (1 if stage == 0 else 2), dilation
+        if reduction >= output_stride and stride > 1:
+            dilation, stride = dilation * stride, 1
+        reduction *= stride
+        plan.append((stride, before, dilation, reduction))
+    return plan
+
+
+def _check_arguments(
+    stem: str, layers: Sequence[int], widths: Sequence[int], shortcut: str, zero_init_residual: bool, output_stride: int
+) -> None:
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {', '.join(STEMS)}")
+    if len(layers) != len(widths):
+        raise ValueError(f"{len(layers)} stage depths given for {len(widths)} stage widths")
+    if output_stride not in OUTPUT_STRIDES or (output_stride != 32 and stem != "imagenet"):
+        raise ValueError(
+            f"output_stride {output_stride} is not possible here: ImageNet-style networks take 8, 16 or 32 "
+            "(dilated last stages); the CIFAR networks keep their 3 stages' strides"
+        )
+    if zero_init_residual and shortcut == "none":
+        raise ValueError("zero_init_residual needs shortcuts: a plain network would start as zero")
