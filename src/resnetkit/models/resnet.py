@@ -116,11 +116,13 @@ class ResNet(nn.Module):
                                     first))  # fmt: skip
                 in_planes, index = width * block.expansion, index + 1
             name = f"layer{stage + 1}"
-            self.add_module(name, nn.Sequential(*blocks))
             group: tuple[str, ...] = (name,)
             if stage == 0 and self.stem_type == "imagenet":
+                # registered before layer1, so the modules are in forward order (torchvision's IntermediateLayerGetter,
+                # which detection and segmentation backbones use, runs a model's children in registration order)
                 self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
                 group = ("maxpool", name)
+            self.add_module(name, nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=in_planes, reduction=reduction, module=name))
             groups.append(group)
         return groups
