@@ -81,6 +81,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def model_from_checkpoint(ckpt: dict[str, Any]) -> nn.Module:
     """The trained model, rebuilt from the record and loaded strictly, in eval mode: the weights' moving average
     where the run kept one (`ema_decay`), else the weights."""
+    task = ckpt.get("task", "classification")
+    if task != "classification":  # written by detection / segmentation training: tasks.pretrained reads those
+        command = "detect" if task == "detection" else "segment"
+        where = ckpt.get("path", "the checkpoint")
+        raise CheckpointError(f"{where} is a {task} model ({ckpt['model_name']}): run it with `resnetkit {command}`")
     kwargs = dict(ckpt["model_kwargs"])
     model = create_model(ckpt["model_name"], **kwargs)
     ema = ckpt.get("ema")

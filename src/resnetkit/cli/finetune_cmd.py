@@ -26,9 +26,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetkit.weights.registry import get_weights, is_weights_name
+    from resnetkit.weights.registry import get_classification_weights, is_weights_name
 
     defaults = dict(DEFAULTS)
     if args.model is None and is_weights_name(args.weights):
-        defaults["model"] = get_weights(args.weights).architecture  # the architecture the weights are for
+        # the architecture the weights are for
+        defaults["model"] = get_classification_weights(args.weights).architecture
     return train_cmd.run(args, defaults)

@@ -15,6 +15,7 @@ from resnetkit import __version__
 from resnetkit.cli import (
     bench_cmd,
     demo_cmd,
+    detect_cmd,
     distill_cmd,
     eval_cmd,
     experiment_cmd,
@@ -44,6 +45,8 @@ _COMMANDS = {
     "prune": prune_cmd,
     "eval": eval_cmd,
     "predict": predict_cmd,
+    "detect": detect_cmd,
+    "segment": detect_cmd,
     "explain": explain_cmd,
     "report": report_cmd,
     "export": export_cmd,
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"resnetkit {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in _COMMANDS.values():
+    for module in dict.fromkeys(_COMMANDS.values()):  # detect_cmd adds both detect and segment
         module.add_parser(sub)
     return parser
 

@@ -13,13 +13,13 @@ from resnetkit.compress.distill import Distillation, DistillationError
 from resnetkit.config import TrainConfig
 from resnetkit.engine.fastpath import speed_up_for_inference
 from resnetkit.models import create_model
-from resnetkit.weights.registry import get_weights, is_weights_name
+from resnetkit.weights.registry import get_classification_weights, is_weights_name
 
 
 def load_teacher(source: str, classes: list[str]) -> nn.Module:
     """The teacher model in eval mode; one-line errors for a file that is not a model or other classes."""
     if is_weights_name(source):
-        entry = get_weights(source)
+        entry = get_classification_weights(source)
         model, teacher_classes = create_model(entry.architecture, weights=source), list(entry.classes)
     else:
         try:

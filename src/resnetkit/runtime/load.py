@@ -15,7 +15,7 @@ from resnetkit.engine.fastpath import speed_up_for_inference
 from resnetkit.models import create_model
 from resnetkit.runtime.exported import LoadedModel, file_format, load_exported
 from resnetkit.transforms import Preprocessing, preprocessing_for
-from resnetkit.weights.registry import SHIPPED, get_weights, is_weights_name
+from resnetkit.weights.registry import SHIPPED, get_classification_weights, is_weights_name
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Loaded:
 def load_model(source: str | Path) -> Loaded:
     """`source` as a model for inference; one-line errors for what cannot be read."""
     if isinstance(source, str) and is_weights_name(source):
-        entry = get_weights(source)
+        entry = get_classification_weights(source)
         model = create_model(entry.architecture, weights=source).eval()
         kind = "cifar" if entry.data_config.crop_pct >= 1.0 else "imagenet"
         file = SHIPPED / entry.url if entry.shipped else None

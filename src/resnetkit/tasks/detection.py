@@ -30,16 +30,18 @@ _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 def resnet_fpn_backbone(
     backbone: str = "resnet50", *, weights: str | None = None, trainable_layers: int | None = None,
-    returned_layers: Sequence[int] = (1, 2, 3, 4), extra_blocks: ExtraFPNBlock | None = None,
-    norm_layer: str | None = None, fpn_norm_layer: type[nn.Module] | None = None,
+    trained: bool | None = None, returned_layers: Sequence[int] = (1, 2, 3, 4),
+    extra_blocks: ExtraFPNBlock | None = None, norm_layer: str | None = None,
+    fpn_norm_layer: type[nn.Module] | None = None,
 ) -> BackboneWithFPN:  # fmt: skip
     """A resnetkit network under torchvision's feature pyramid. As torchvision does: with `weights` (a registered
     name, file or checkpoint's weights) the BatchNorm statistics are frozen and the last `trainable_layers` (default
-    3) of conv1, layer1..4 train; without, plain BatchNorm and everything trains (5)."""
+    3) of conv1, layer1..4 train; without, plain BatchNorm and everything trains (5). `trained` says the same
+    without `weights`: weights for the whole detector will be loaded over it."""
     entry = get_model_entry(backbone)
     if not entry.family.startswith("imagenet"):
         raise ModelArgumentError(f"{backbone} is a CIFAR network; detection backbones are ImageNet-style (resnet50...)")
-    trained = weights is not None
+    trained = weights is not None if trained is None else trained
     layers = _trainable_layers(trained, trainable_layers)
     norm = norm_layer or ("frozen_batchnorm" if trained else "batchnorm")
     body = create_model(backbone, weights=weights, norm_layer=norm)
@@ -62,13 +64,39 @@ def _trainable_layers(trained: bool, asked: int | None) -> int:
 
 def create_detector(
     kind: str, backbone: str = "resnet50", *, num_classes: int | None = None, weights_backbone: str | None = None,
-    trainable_layers: int | None = None, **kwargs: Any,
+    trainable_layers: int | None = None, pretrained: bool = False, **kwargs: Any,
 ) -> nn.Module:  # fmt: skip
     """`kind` (one of DETECTORS) on `backbone`; `kwargs` go to torchvision's detector (min_size, box_score_thresh...).
-    The defaults are torchvision's: 91 COCO classes (2 and 17 keypoints for Keypoint R-CNN)."""
+    The defaults are torchvision's: 91 COCO classes (2 and 17 keypoints for Keypoint R-CNN). `pretrained`: whole-
+    detector weights will be loaded (tasks.pretrained), so the backbone is built as for trained weights (frozen
+    BatchNorm in v1, 3 trainable layers), as torchvision's builders do when given COCO weights.
+
+    The detector records how it was built (`model_name`, `model_kwargs`, `task`), as create_model's networks do,
+    so that a checkpoint rebuilds it."""
     if kind not in DETECTORS:
         raise ModelArgumentError(f"unknown detector {kind!r}; choose one of {', '.join(DETECTORS)}")
-    opts = dict(weights=weights_backbone, trainable_layers=trainable_layers)
+    record = {"backbone": backbone, "num_classes": num_classes, "trainable_layers": trainable_layers,
+              "pretrained": pretrained or weights_backbone is not None, **kwargs}  # fmt: skip
+    model = _build_detector(kind, backbone, num_classes, weights_backbone, trainable_layers, pretrained, kwargs)
+    model.model_name, model.model_kwargs, model.task = kind, record, "detection"
+    return model
+
+
+def set_score_threshold(detector: nn.Module, threshold: float) -> None:
+    """The least score a detection keeps, set inside the model (RetinaNet's `score_thresh`, the R-CNNs' box head's),
+    so that a threshold below torchvision's default 0.05 keeps those boxes too."""
+    if isinstance(detector, RetinaNet):
+        detector.score_thresh = threshold
+    else:
+        detector.roi_heads.score_thresh = threshold
+
+
+def _build_detector(
+    kind: str, backbone: str, num_classes: int | None, weights_backbone: str | None, trainable_layers: int | None,
+    pretrained: bool, kwargs: dict[str, Any],
+) -> nn.Module:  # fmt: skip
+    opts = dict(weights=weights_backbone, trainable_layers=trainable_layers, trained=pretrained or None)
+    kwargs = dict(kwargs)
     if kind.startswith("retinanet"):
         return _retinanet(kind, backbone, num_classes or 91, opts, kwargs)
     v2 = kind.endswith("_v2")

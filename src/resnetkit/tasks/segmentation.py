@@ -30,6 +30,9 @@ def create_segmenter(
     channels = {f"layer{i}": info["num_chs"] for i, info in enumerate(net.feature_info)}
     body = IntermediateLayerGetter(net, return_layers=return_layers)
     aux = FCNHead(channels["layer3"], num_classes) if aux_loss else None
-    if kind == "fcn":
-        return FCN(body, FCNHead(channels["layer4"], num_classes), aux)
-    return DeepLabV3(body, DeepLabHead(channels["layer4"], num_classes), aux)
+    head = (FCNHead if kind == "fcn" else DeepLabHead)(channels["layer4"], num_classes)
+    model = (FCN if kind == "fcn" else DeepLabV3)(body, head, aux)
+    model.model_name, model.task = kind, "segmentation"  # how to rebuild it, as create_model's networks record
+    model.model_kwargs = {"backbone": backbone, "num_classes": num_classes, "aux_loss": aux_loss,
+                          "output_stride": output_stride}  # fmt: skip
+    return model

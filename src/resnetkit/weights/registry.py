@@ -34,6 +34,10 @@ class WeightsEntry:
     source: str = ""
     # resnetkit's own weights: how they were made (recipe, seed, command, cpu, precision, minutes of training)
     training: dict[str, Any] = field(default_factory=dict)
+    # "classification" (models.create_model), "detection" or "segmentation" (tasks/: the arguments of
+    # create_detector / create_segmenter in `build`, with "frozen_bn_eps" where the file was trained with another eps)
+    task: str = "classification"
+    build: dict[str, Any] = field(default_factory=dict)
 
     @property
     def architecture(self) -> str:
@@ -48,7 +52,7 @@ class WeightsEntry:
             "name": self.name, "architecture": self.architecture, "url": self.url, "sha256": self.sha256,
             "num_classes": self.num_classes, "classes": list(self.classes),
             "preprocessing": self.data_config.to_dict(), "metrics": self.metrics, "recipe": self.recipe,
-            "source": self.source, "training": self.training,
+            "source": self.source, "training": self.training, "task": self.task, "build": self.build,
         }  # fmt: skip
 
 
@@ -110,6 +114,7 @@ def _entries() -> dict[str, WeightsEntry]:
     entries = {e.name: e for e in _SHIPPED_ENTRIES}
     tv = _torchvision_entries()
     entries.update({e.name: e for e in tv})
+    entries.update({e.name: e for e in _torchvision_task_entries()})
     imagenet_classes = tv[0].classes
     for name, path, size, crop_pct, interpolation in _TIMM:
         entries[name] = WeightsEntry(
@@ -146,6 +151,51 @@ def _torchvision_entries() -> list[WeightsEntry]:
     return out
 
 
+# torchvision's COCO detectors and COCO-with-VOC-labels segmenters, registered as "<torchvision builder>.tv_coco"
+# with the arguments that build the same network on a resnetkit backbone (tasks.create_detector / create_segmenter).
+# The first detectors' COCO_V1 files were trained with FrozenBatchNorm eps 0: torchvision's own builders call
+# overwrite_eps(model, 0.0) for exactly these four, and so does resnetkit (frozen_bn_eps).
+_TV_TASKS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("fasterrcnn_resnet50_fpn", "COCO_V1", {"kind": "fasterrcnn", "frozen_bn_eps": 0.0}),
+    ("fasterrcnn_resnet50_fpn_v2", "COCO_V1", {"kind": "fasterrcnn_v2"}),
+    ("retinanet_resnet50_fpn", "COCO_V1", {"kind": "retinanet", "frozen_bn_eps": 0.0}),
+    ("retinanet_resnet50_fpn_v2", "COCO_V1", {"kind": "retinanet_v2"}),
+    ("maskrcnn_resnet50_fpn", "COCO_V1", {"kind": "maskrcnn", "frozen_bn_eps": 0.0}),
+    ("maskrcnn_resnet50_fpn_v2", "COCO_V1", {"kind": "maskrcnn_v2"}),
+    ("keypointrcnn_resnet50_fpn", "COCO_V1", {"kind": "keypointrcnn", "frozen_bn_eps": 0.0}),
+    ("fcn_resnet50", "COCO_WITH_VOC_LABELS_V1", {"kind": "fcn", "aux_loss": True}),
+    ("fcn_resnet101", "COCO_WITH_VOC_LABELS_V1", {"kind": "fcn", "aux_loss": True}),
+    ("deeplabv3_resnet50", "COCO_WITH_VOC_LABELS_V1", {"kind": "deeplabv3", "aux_loss": True}),
+    ("deeplabv3_resnet101", "COCO_WITH_VOC_LABELS_V1", {"kind": "deeplabv3", "aux_loss": True}),
+)
+
+
+def _torchvision_task_entries() -> list[WeightsEntry]:
+    """_TV_TASKS read from torchvision's Weights enums: URL, categories, COCO metrics, preprocessing. Detectors take
+    0..1 images and normalise inside (GeneralizedRCNNTransform, min side 800); segmenters take ImageNet-normalised
+    images resized to 520."""
+    import torchvision
+
+    out = []
+    for tv_name, member, build in _TV_TASKS:
+        w = torchvision.models.get_model_weights(tv_name)[member]
+        task = "segmentation" if tv_name.startswith(("fcn", "deeplab")) else "detection"
+        if task == "detection":
+            data = DataConfig((3, 800, 800), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "bilinear", 1.0)
+        else:
+            data = DataConfig((3, 520, 520), IMAGENET_MEAN, IMAGENET_STD, "bilinear", 1.0)
+        extra = {"num_keypoints": len(w.meta["keypoint_names"])} if "keypoint_names" in w.meta else {}
+        metrics = {f"{dataset.lower().replace('-', '_')}_{k}": v / 100
+                   for dataset, m in w.meta["_metrics"].items() for k, v in m.items()}  # fmt: skip
+        out.append(WeightsEntry(
+            name=f"{tv_name}.tv_coco", url=w.url, sha256=hub_hash_prefix(w.url) or "",
+            num_classes=len(w.meta["categories"]), classes=tuple(w.meta["categories"]), data_config=data,
+            metrics=metrics, recipe=w.meta.get("recipe", ""), source="torchvision", task=task,
+            build={"backbone": tv_name.split("_")[1], **build, **extra},
+        ))  # fmt: skip
+    return out
+
+
 _CACHE: dict[str, WeightsEntry] | None = None
 
 
@@ -168,6 +218,16 @@ def get_weights(name: str) -> WeightsEntry:
     close = difflib.get_close_matches(name, [e.name for e in list_weights()], n=4)
     hint = f"; did you mean: {', '.join(close)}" if close else "; `resnetkit models --weights` lists them"
     raise WeightsError(f"unknown weights {name!r}{hint}")
+
+
+def get_classification_weights(name: str) -> WeightsEntry:
+    """get_weights for what classifies images (eval, predict, serve, teachers): detection and segmentation weights
+    are a one-line error naming the command that runs them."""
+    entry = get_weights(name)
+    if entry.task != "classification":
+        command = "detect" if entry.task == "detection" else "segment"
+        raise WeightsError(f"{name} are {entry.task} weights, not a classifier: run them with `resnetkit {command}`")
+    return entry
 
 
 def is_weights_name(text: str) -> bool:
