@@ -10,7 +10,10 @@ from typing import Any
 
 from resnetkit.errors import ResnetkitError
 
-DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder")
+DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder", "coco")
+TASKS = ("classification", "detection")
+# detectors `train --task detection` fine-tunes (boxes only: no masks or keypoints in the COCO reader yet)
+TRAINABLE_DETECTORS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "retinanet_v2")
 SCHEDULES = ("paper", "cosine", "onecycle", "constant")
 AUGMENTS = ("auto", "cifar", "imagenet", "none")
 FINETUNE_STRATEGIES = ("full", "linear", "last")
@@ -29,6 +32,8 @@ class TrainConfig:
     """Everything a training run depends on; saved beside the run as config.yaml and inside checkpoints."""
 
     # model
+    task: str = "classification"  # or "detection": `model` is the backbone of `detector`, data is COCO-format
+    detector: str = "fasterrcnn"
     model: str = "resnet20"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # fine-tuning: a registered name, a file or a URL (the head is replaced)
@@ -111,6 +116,8 @@ class TrainConfig:
         _choice("data_mode", self.data_mode, DATA_MODES)
         _choice("optimizer", self.optimizer, ("sgd", "adamw"))
         _choice("augment_policy", self.augment_policy, AUGMENT_POLICIES)
+        _choice("task", self.task, TASKS)
+        self._validate_task()
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be 0 (decode in the training process) or more, got {self.workers}")
         if not 0.0 <= self.ema_decay < 1.0 or self.ema_every < 1:
@@ -142,6 +149,14 @@ class TrainConfig:
             )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+
+    def _validate_task(self) -> None:
+        if self.task == "detection":
+            _choice("detector", self.detector, TRAINABLE_DETECTORS)
+            if self.data != "coco" or not self.data_dir:
+                raise ConfigError("--task detection trains on COCO-format data: --data coco --data-dir DIR")
+        elif self.data == "coco":
+            raise ConfigError("--data coco holds boxes: train a detector on it with --task detection")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:

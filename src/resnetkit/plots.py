@@ -33,6 +33,26 @@ def plot_training_curves(history: Sequence[dict[str, Any]], path: str | Path, ti
     return path
 
 
+def plot_detection_curves(history: Sequence[dict[str, Any]], path: str | Path, title: str = "") -> Path:
+    """A detection run per epoch: the summed training loss (left), validation mAP and mAP@0.5 (right)."""
+    plt = _pyplot()
+    epochs = [h["epoch"] for h in history]
+    fig, (ax_loss, ax_map) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], "-", label="train")
+    for key, style in (("val_map", "-"), ("val_map_50", "--")):
+        if key in history[-1]:
+            ax_map.plot(epochs, [100 * h[key] for h in history], style, label=key.replace("val_", "val "))
+    ax_loss.set(xlabel="epoch", ylabel="summed detector loss", title="loss")
+    ax_map.set(xlabel="epoch", ylabel="mAP (%)", title="validation mAP (COCO protocol)")
+    for ax in (ax_loss, ax_map):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
 def _pyplot() -> Any:
     import matplotlib
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 # flag -> config key, for the flags users and benchmarks need most (any key: --set KEY=VALUE)
 FLAGS: dict[str, tuple[str, type]] = {
+    "--task": ("task", str),
+    "--detector": ("detector", str),
     "--model": ("model", str),
     "--data": ("data", str),
     "--data-dir": ("data_dir", str),
@@ -97,28 +99,43 @@ def parse_set_pairs(pairs: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> int:
-    from resnetkit.engine.runner import run_training
-
     overrides = collect_overrides(args)
     t0 = time.perf_counter()
     if args.resume:
         if args.config:
             raise ConfigError("--resume continues a run with its own recipe; drop --config")
-        result = run_training(TrainConfig(), resume=args.resume, overrides=overrides)
+        result = _runner(_checkpoint_task(args.resume))(TrainConfig(), resume=args.resume, overrides=overrides)
     else:
         values = load_yaml(args.config) if args.config else {}
         cfg = TrainConfig.from_dict({**(defaults or {}), **values, **overrides}, source=args.config or "flags")
-        result = run_training(cfg)
+        result = _runner(cfg.task)(cfg)
     if launched_rank() != 0:
         return 0  # under torchrun, rank 0 reports
     report(result, (time.perf_counter() - t0) / 60)
     return 0
 
 
+def _runner(task: str) -> Any:
+    """Classification's run_training (engine) or detection's (tasks.train), which take the same arguments."""
+    if task == "detection":
+        from resnetkit.tasks.train import run_detection_training
+
+        return run_detection_training
+    from resnetkit.engine.runner import run_training
+
+    return run_training
+
+
+def _checkpoint_task(resume: str) -> str:
+    from resnetkit.checkpoint import load_checkpoint
+
+    return str(load_checkpoint(resume).get("task", "classification"))
+
+
 def report(result: RunResult, minutes: float) -> None:
     """The run's last scores and where its best checkpoint is."""
     last = result.history[-1] if result.history else {}
-    scores = ", ".join(f"{k} {100 * v:.2f}%" for k, v in last.items() if k.endswith("_top1"))
+    scores = ", ".join(f"{k} {100 * v:.2f}%" for k, v in last.items() if k.endswith(("_top1", "_map", "_map_50")))
     print(f"run {result.run_dir}: {result.stopped} after {result.steps} steps in {minutes:.1f} min; {scores}")
     if result.best:
         print(f"best checkpoint {result.run_dir / 'checkpoints' / 'best.pt'} (epoch {result.best['epoch']})")

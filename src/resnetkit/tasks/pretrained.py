@@ -49,13 +49,31 @@ def create_task_model(name: str, **kwargs: Any) -> nn.Module:
     `kwargs` go to the builder (min_size, box_score_thresh, ...)."""
     entry = _task_entry(name)
     model = task_architecture(entry, **kwargs)
-    _load_strict(model, read_state_dict(resolve_weights_file(entry)), entry.name)
+    load_task_weights(model, entry)
+    return model.eval()
+
+
+# The layers whose shapes depend on the number of classes: a fine-tune on other classes starts them anew.
+CLASS_HEADS = ("roi_heads.box_predictor.", "head.classification_head.cls_logits.", "classifier.4.",
+               "aux_classifier.4.")  # fmt: skip
+
+
+def load_task_weights(model: nn.Module, entry: WeightsEntry, *, heads_may_differ: bool = False) -> None:
+    """Registered detection / segmentation weights into `model` (downloaded and verified when not cached), every key
+    strictly, or, with `heads_may_differ`, all but the class-dependent head layers when the classes differ."""
+    state = read_state_dict(resolve_weights_file(entry))
+    if heads_may_differ:
+        own = model.state_dict()
+        state = {k: v for k, v in state.items()
+                 if not (k.startswith(CLASS_HEADS) and k in own and own[k].shape != v.shape)}  # fmt: skip
+        own_heads = {k: v for k, v in own.items() if k.startswith(CLASS_HEADS) and k not in state}
+        state |= own_heads  # this model's freshly initialised heads
+    _load_strict(model, state, entry.name)
     eps = entry.build.get("frozen_bn_eps")
     if eps is not None:  # torchvision's overwrite_eps: these files were trained with eps 0
         for module in model.modules():
             if isinstance(module, FrozenBatchNorm2d):
                 module.eps = eps
-    return model.eval()
 
 
 def task_architecture(entry: WeightsEntry, **kwargs: Any) -> nn.Module:
