@@ -13,6 +13,7 @@ mkdir -p "$out"
 lscpu | grep -E "Model name|^CPU\(s\)" >&2
 declare -A sources=([resnet56]=resnet56.rk_cifar10 [resnet56_pruned]=$pruned [resnet20]=$plain [resnet20_kd]=$kd)
 for name in resnet56 resnet56_pruned resnet20 resnet20_kd; do
+  [ -f "$out/$name.int8.onnx" ] && continue  # made earlier (calibration is not timed; delete to redo)
   resnetkit -q export --checkpoint "${sources[$name]}" --format onnx --int8 --data cifar10 --data-dir "$c10" \
     --out "$out/$name.int8.onnx" >&2
 done

@@ -6,8 +6,8 @@ validation mAP from torchmetrics (pycocotools), resume at an epoch boundary equa
 from __future__ import annotations
 
 import json
+import math
 import random
-import shutil
 from pathlib import Path
 
 import pytest
@@ -119,28 +119,58 @@ def test_detection_options_are_checked(tmp_path: Path, capsys) -> None:
         assert code == 2 and err.count("\n") == 1 and message in err, err
 
 
+# Measured on this machine (AMD EPYC, 2 cores): validation mAP@0.5 0.47 / 0.68 / 0.87 after 3 / 4 / 9 epochs of 96
+# canvases at lr 0.02 (runs of benchmarks-sized sets); the test's 5 epochs of 64 reach LEARNED_MAP_50 with margin.
+LEARNED_MAP_50 = 0.4
+
+
 @pytest.mark.slow
-def test_detection_finetune_learns_resumes_exactly_and_detects(tmp_path: Path, capsys) -> None:
-    data = write_coco(tmp_path / "coco", {"train": 32, "val": 8}, layout="coco")
-    full = tmp_path / "full"
-    code, out, err = cli(capsys, *_train_args(data, full, "--epochs", "2", "--schedule", "constant"))
+def test_detection_finetune_learns_and_detects(tmp_path: Path, capsys) -> None:
+    """From random weights, 40 steps (a few CPU minutes): the loss falls and validation mAP@0.5 rises past 0.4."""
+    data = write_coco(tmp_path / "coco", {"train": 64, "val": 16}, layout="coco")
+    run = tmp_path / "run"
+    code, out, err = cli(capsys, *_train_args(data, run, "--epochs", "5", "--batch-size", "8", "--lr", "0.02",
+                                              "--set", "warmup_steps=8"))  # fmt: skip
     assert code == 0, err
-    rows = [json.loads(line) for line in (full / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2] and {"val_map", "val_map_50", "train_loss_classifier"} <= rows[0].keys()
-    assert rows[1]["train_loss"] < rows[0]["train_loss"]
-    assert (full / "curves.png").is_file() and (full / "checkpoints" / "best.pt").is_file()
-    # the same run stopped after its first epoch, then resumed: the same weights as the run that never stopped
-    half = tmp_path / "half"
-    assert cli(capsys, *_train_args(data, half, "--epochs", "2", "--schedule", "constant", "--max-steps", "8"))[0] == 0
-    assert cli(capsys, "train", "--resume", str(half), "--max-steps", "16", "--no-progress")[0] == 0
-    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(half / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"] == 16
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6, msg=key)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and {"val_map", "val_map_75", "train_images_per_s"} <= rows[
+        0
+    ].keys()
+    assert rows[0]["train_loss_classifier"] < math.log(3) + 0.4  # a per-step mean: about ln(3 classes) at the start
+    assert rows[-1]["train_loss"] < 0.7 * rows[0]["train_loss"]
+    assert rows[-1]["val_map_50"] >= LEARNED_MAP_50 > rows[0]["val_map_50"], [r["val_map_50"] for r in rows]
+    assert (run / "curves.png").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert "val_map_50" in out  # the closing report line
     photo = data / "val" / "0000.jpg"
-    code, out, err = cli(capsys, "detect", "--checkpoint", str(full), str(photo), "--score", "0.01", "--json",
+    code, out, err = cli(capsys, "detect", "--checkpoint", str(run), str(photo), "--score", "0.5", "--json",
                          "--out", str(tmp_path / "overlays"))  # fmt: skip
     assert code == 0, err
     (record,) = json.loads(out)
-    assert {d["label"] for d in record["detections"]} <= {"cat", "dog"}
-    shutil.rmtree(half)
+    truth = json.loads((data / "annotations" / "instances_val.json").read_text())["annotations"]
+    want = [a for a in truth if a["image_id"] == 1]
+    assert 1 <= len(record["detections"]) and {d["label"] for d in record["detections"]} <= {"cat", "dog"}
+    best = max(record["detections"], key=lambda d: d["score"])
+    assert max(_iou(best["box"], a["bbox"]) for a in want) > 0.5  # the surest box sits on a pasted photo
+
+
+def _iou(box: list[float], xywh: list[float]) -> float:
+    x, y, w, h = xywh
+    ix = max(0.0, min(box[2], x + w) - max(box[0], x))
+    iy = max(0.0, min(box[3], y + h) - max(box[1], y))
+    inter = ix * iy
+    return inter / ((box[2] - box[0]) * (box[3] - box[1]) + w * h - inter)
+
+
+@pytest.mark.slow
+def test_detection_resume_continues_exactly(tmp_path: Path, capsys) -> None:
+    """Stopped after its first epoch and resumed, a run ends with the weights of the run that never stopped."""
+    data = write_coco(tmp_path / "coco", {"train": 16, "val": 4})
+    full, half = tmp_path / "full", tmp_path / "half"
+    assert cli(capsys, *_train_args(data, full, "--epochs", "2", "--schedule", "constant"))[0] == 0
+    assert cli(capsys, *_train_args(data, half, "--epochs", "2", "--schedule", "constant", "--max-steps", "4"))[0] == 0
+    assert load_checkpoint(half / "checkpoints" / "last.pt")["step"] == 4
+    assert cli(capsys, "train", "--resume", str(half), "--max-steps", "8", "--no-progress")[0] == 0
+    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(half / "checkpoints" / "last.pt")
+    assert a["step"] == b["step"] == 8 and [r["epoch"] for r in b["history"]] == [1, 2]
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6, msg=key)

@@ -179,7 +179,7 @@ class DetectionTrainer:
     def _train_epoch(self, interrupted: InterruptFlag) -> dict[str, Any]:
         self.model.train()
         sums: dict[str, float] = {}
-        t0, seen = time.perf_counter(), 0
+        t0, seen, done = time.perf_counter(), 0, 0
         show = self.cfg.progress and self.env.is_main
         steps = min(self.steps_per_epoch, self.total_steps - self.step)
         with tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not show, unit="step") as bar:
@@ -187,14 +187,14 @@ class DetectionTrainer:
                 losses = self._step([i.to(self.device) for i in images], targets)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
-                seen += len(images)
+                seen, done = seen + len(images), done + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.3f}")
                 if interrupted.requested:
                     raise TrainingInterrupted(self._interrupted_message())
                 if self.step >= self.total_steps:
                     break
-        n = max(1, bar.n)
+        n = max(1, done)  # not bar.n: a disabled bar (--no-progress) does not count
         seconds = time.perf_counter() - t0
         row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.scheduler.get_last_lr()[0]}
         row |= {f"train_{k}": v / n for k, v in sums.items()}
@@ -215,7 +215,7 @@ class DetectionTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return {"loss": float(loss), **{k: float(v) for k, v in parts.items()}}
+        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
 
     def _interrupted_message(self) -> str:
         last = self.folder.checkpoint("last.pt")
