@@ -174,3 +174,27 @@ def test_detection_resume_continues_exactly(tmp_path: Path, capsys) -> None:
     assert a["step"] == b["step"] == 8 and [r["epoch"] for r in b["history"]] == [1, 2]
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_detection_trains_under_torchrun_with_two_processes(tmp_path: Path) -> None:
+    """torchrun, 2 processes (DistributedDataParallel on gloo): each takes half of every global batch; rank 0 writes
+    the one run folder and validates."""
+    import os
+    import subprocess
+    import sys
+
+    data = write_coco(tmp_path / "coco", {"train": 16, "val": 4})
+    run = tmp_path / "run"
+    args = [a for a in _train_args(data, run, "--epochs", "1") if a != "train"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "resnetkit",
+           "train", *args]  # fmt: skip
+    cmd[cmd.index("--threads") + 1] = "1"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = json.loads((run / "run.json").read_text())
+    assert info["world_size"] == 2 and info["steps_per_epoch"] == 4  # 16 images, 2 processes x batch 2
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["step"] == 4 and "val_map" in row and math.isfinite(row["train_loss"])
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["config"]["task"] == "detection"

@@ -260,7 +260,8 @@ class DetectionTrainer:
 def evaluate_detector(model: nn.Module, data: DetectionDataset, device: torch.device, batch: int) -> dict[str, Any]:
     """COCO-protocol mAP of `model` on `data`: torchmetrics' MeanAveragePrecision (pycocotools backend)."""
     detection = require_extra("torchmetrics.detection", "tasks", "detection mAP", DataError)
-    metric = detection.MeanAveragePrecision(iou_type="bbox", box_format="xyxy")
+    # rank 0 evaluates alone under torchrun: torchmetrics must not gather from the other (waiting) processes
+    metric = detection.MeanAveragePrecision(iou_type="bbox", box_format="xyxy", sync_on_compute=False)
     model.eval()
     loader = DataLoader(data, batch_size=batch, collate_fn=collate_detection)
     with torch.inference_mode():
