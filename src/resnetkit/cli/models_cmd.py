@@ -69,7 +69,8 @@ def _list_weights(args: argparse.Namespace) -> int:
         print(json.dumps([e.to_dict() for e in entries], indent=2))
         return 0
     for e in entries:
-        top1 = next((f"{k} {100 * v:.2f}%" for k, v in e.metrics.items() if "top1" in k or "acc1" in k), "")
+        headline = ("top1", "acc1", "box_map", "miou")  # classification, detection, segmentation
+        top1 = next((f"{k} {100 * v:.2f}%" for k, v in e.metrics.items() if any(h in k for h in headline)), "")
         where = "shipped" if e.shipped else "download"
         size = "x".join(map(str, e.data_config.input_size[1:]))
         print(f"{e.name:<32} {e.num_classes:>5} classes  {size:>7}  {where:<8}  {top1}")
