@@ -73,5 +73,5 @@ def _list_weights(args: argparse.Namespace) -> int:
         top1 = next((f"{k} {100 * v:.2f}%" for k, v in e.metrics.items() if any(h in k for h in headline)), "")
         where = "shipped" if e.shipped else "download"
         size = "x".join(map(str, e.data_config.input_size[1:]))
-        print(f"{e.name:<32} {e.num_classes:>5} classes  {size:>7}  {where:<8}  {top1}")
+        print(f"{e.name:<36} {e.num_classes:>5} classes  {size:>7}  {where:<8}  {top1}")
     return 0
