@@ -84,6 +84,8 @@ def _break(root: Path, how: str) -> None:
         doc["annotations"][0]["category_id"] = 7
     elif how == "wrong size":
         doc["images"][0]["width"] = 300
+    elif how == "not an image":
+        (root / "train" / doc["images"][2]["file_name"]).write_bytes(b"not a jpeg")
     if how == "not json":
         path.write_text('{"images": [')
     elif how != "missing image":
@@ -98,6 +100,7 @@ def _break(root: Path, how: str) -> None:
         ("unknown category", "annotation 1 has category 7, which is not defined"),
         ("wrong size", "0000.jpg is 128x128, not 300x128"),
         ("not json", "is not valid JSON"),
+        ("not an image", "image 0002.jpg cannot be read"),
     ],
 )
 def test_malformed_coco_data_is_one_line(how: str, message: str, tmp_path: Path, capsys) -> None:

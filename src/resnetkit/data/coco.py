@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from resnetkit.data.folder import decode_error_reason
 from resnetkit.data.stream import read_photo
 from resnetkit.errors import DataError
 
@@ -122,9 +123,13 @@ def _images(doc: dict[str, Any], path: Path, root: Path) -> dict[int, tuple[Path
         if not file.is_file():
             missing.append(im["file_name"])
             continue
-        with Image.open(file) as pil:  # the header only: nothing is decoded
-            if pil.size != (w, h):
-                wrong.append(f"{im['file_name']} is {pil.size[0]}x{pil.size[1]}, not {w}x{h}")
+        try:
+            with Image.open(file) as pil:  # the header only: nothing is decoded
+                size = pil.size
+        except Exception as e:  # noqa: BLE001  a file that is not an image: say which, in one line
+            raise DataError(f"{path}: image {im['file_name']} cannot be read ({decode_error_reason(e)})") from None
+        if size != (w, h):
+            wrong.append(f"{im['file_name']} is {size[0]}x{size[1]}, not {w}x{h}")
         out[image_id] = (file, w, h)
     if missing:
         raise DataError(f"{path} references {len(missing)} image(s) missing from {root}: {_some(missing)}")
