@@ -96,8 +96,10 @@ class Preprocessing:
         `torch.contiguous_format` for runtimes that take NCHW arrays, such as ONNX Runtime)."""
         scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=images.device).view(1, -1, 1, 1)
         shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=images.device)
-        x = images.float() * scale - shift.view(1, -1, 1, 1)
-        return x.contiguous(memory_format=memory_format)
+        # the layout change on the uint8 batch (a quarter of the bytes), then one float copy scaled in place: the
+        # same arithmetic as `images.float() * scale - shift`, in 3 passes over memory instead of 4 with 3 allocations
+        x = images.contiguous(memory_format=memory_format).to(torch.float32, copy=True)
+        return x.mul_(scale).sub_(shift.view(1, -1, 1, 1))
 
     def eval_batch(self, images: torch.Tensor, memory_format: torch.memory_format = CHANNELS_LAST) -> torch.Tensor:
         """Deterministic view: the center `size` crop of the stored images, normalised."""
