@@ -67,6 +67,18 @@ def test_workers_decode_the_same_batches_as_the_training_process(folder: Path) -
     assert not torch.equal(in_process[0][0], next(iter(_loader(train, 0).epoch(2, 2)))[0])  # a new epoch, new draws
 
 
+def test_a_streamed_batch_is_its_images_normalised(folder: Path) -> None:
+    """Independent of the loader's batching (collate, shared memory, layout): the dataset's own views, stacked in
+    the usual (N, C, H, W) order and normalised, in the evaluation order."""
+    _, val = stream_image_folder(folder, *transforms_for(_pre()))
+    for workers in (0, 1):
+        x, y = next(iter(StreamLoader(val, _pre(), batch_size=8, train=False, workers=workers).epoch(0)))
+        views = torch.stack([val[(i, 0)][0] for i in range(8)])
+        assert views.shape == (8, 3, 32, 32)
+        torch.testing.assert_close(x, _pre().normalize(views), rtol=0, atol=0)
+        assert torch.equal(y, val.labels[:8])
+
+
 def test_each_image_once_per_epoch_across_two_torchrun_processes(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "seen"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),

@@ -51,6 +51,18 @@ def test_normalize_uses_the_model_mean_and_std() -> None:
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_normalize_of_non_square_batches_in_either_layout(layout: torch.memory_format) -> None:
+    pre = preprocessing_for(CFG, "cifar")
+    x = torch.randint(0, 256, (2, 3, 5, 7), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ref = (x.float() / 255 - torch.tensor(CFG.mean).view(1, 3, 1, 1)) / torch.tensor(CFG.std).view(1, 3, 1, 1)
+    for given in (x, x.contiguous(memory_format=torch.channels_last), x.float()):
+        out = pre.normalize(given, layout)
+        torch.testing.assert_close(out, ref)
+        assert out.is_contiguous(memory_format=layout) and out.dtype == torch.float32
+    assert x.dtype == torch.uint8 and pre.normalize(x[:0], layout).shape == (0, 3, 5, 7)
+
+
 def test_imagenet_preset_sizes_and_center_crop() -> None:
     cfg = DataConfig((3, 224, 224), (0.5,) * 3, (0.25,) * 3, crop_pct=0.875)
     pre = preprocessing_for(cfg, "imagenet", size=64)

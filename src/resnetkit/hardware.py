@@ -1,10 +1,19 @@
-"""What the CPU is: its model name and feature flags, read once from /proc/cpuinfo (what `lscpu` shows)."""
+"""What the CPU is: its model name and feature flags, read once from /proc/cpuinfo (what `lscpu` shows); and the
+process's memory allocator, set for tensor work."""
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import logging
+import os
 import platform
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+_KEEP_BYTES = 1 << 30
 
 
 @functools.cache
@@ -26,3 +35,22 @@ def cpu_info() -> tuple[str, frozenset[str]]:
 
 def cpu_flags() -> frozenset[str]:
     return cpu_info()[1]
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Lets glibc's malloc reuse freed tensor memory instead of returning it to the system: large blocks come from
+    the heap (not a fresh mmap each time) and up to 1 GiB of freed heap is kept. Every fresh mmap'd page is a page
+    fault that the kernel zeroes: converting a 224 px uint8 batch to float32 took 0.245 ms per image with it and
+    0.017 ms without, and CPU training steps ran 3-19% faster (benchmarks/RESULTS.md). Inherited by forked
+    DataLoader workers. Not applied when the user chose the allocator (MALLOC_* variables, LD_PRELOAD) or off
+    glibc; True when applied."""
+    if any(k.startswith("MALLOC_") for k in os.environ) or os.environ.get("LD_PRELOAD") or platform.system() != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        applied = all(libc.mallopt(option, _KEEP_BYTES) == 1 for option in (_M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD))
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return False
+    log.debug("malloc keeps freed memory for reuse: %s", applied)
+    return applied

@@ -94,12 +94,21 @@ class Preprocessing:
     def normalize(self, images: torch.Tensor, memory_format: torch.memory_format = CHANNELS_LAST) -> torch.Tensor:
         """uint8 or [0, 255] float (N, C, H, W) -> normalised float32, channels_last (faster convolutions on CPU;
         `torch.contiguous_format` for runtimes that take NCHW arrays, such as ONNX Runtime)."""
-        scale = torch.tensor([1.0 / (255.0 * s) for s in self.std], device=images.device).view(1, -1, 1, 1)
-        shift = torch.tensor([m / s for m, s in zip(self.mean, self.std, strict=True)], device=images.device)
+        scale = [1.0 / (255.0 * s) for s in self.std]
+        shift = [m / s for m, s in zip(self.mean, self.std, strict=True)]
         # the layout change on the uint8 batch (a quarter of the bytes), then one float copy scaled in place: the
         # same arithmetic as `images.float() * scale - shift`, in 3 passes over memory instead of 4 with 3 allocations
         x = images.contiguous(memory_format=memory_format).to(torch.float32, copy=True)
-        return x.mul_(scale).sub_(shift.view(1, -1, 1, 1))
+        n, c, h, w = x.shape
+        if memory_format == torch.channels_last and x.numel():
+            # in memory an (N*H, W*C) matrix: broadcasting a W*C row keeps the innermost loop long and vectorised
+            # (a per-channel (1, C, 1, 1) broadcast makes it C = 3 long: 3.5x slower, measured on 224 px batches)
+            rows = x.permute(0, 2, 3, 1).view(n * h, w * c)
+            rows.mul_(torch.tensor(scale * w, device=x.device)).sub_(torch.tensor(shift * w, device=x.device))
+            return x
+        return x.mul_(torch.tensor(scale, device=x.device).view(1, -1, 1, 1)).sub_(
+            torch.tensor(shift, device=x.device).view(1, -1, 1, 1)
+        )
 
     def eval_batch(self, images: torch.Tensor, memory_format: torch.memory_format = CHANNELS_LAST) -> torch.Tensor:
         """Deterministic view: the center `size` crop of the stored images, normalised."""

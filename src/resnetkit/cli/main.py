@@ -31,6 +31,7 @@ from resnetkit.cli import (
 )
 from resnetkit.distributed import launched_rank
 from resnetkit.errors import ResnetkitError, TrainingInterrupted
+from resnetkit.hardware import keep_freed_memory
 
 EXIT_USER_ERROR = 2
 # predict / explain: every readable file was processed, but at least one file could not be read (or was refused);
@@ -69,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     _configure_logging(args.quiet or launched_rank() != 0)  # under torchrun only rank 0 reports progress
     try:
         return int(_COMMANDS[args.command].run(args) or 0)
