@@ -79,6 +79,27 @@ def test_a_streamed_batch_is_its_images_normalised(folder: Path) -> None:
         assert torch.equal(y, val.labels[:8])
 
 
+def test_batches_from_workers_are_normalised_on_one_thread(folder: Path, monkeypatch) -> None:
+    """The workers hold the cores: the hand-off's normalisation must not wake the training threads (which would
+    spin on those cores), and the training keeps its thread count."""
+    from resnetkit.transforms import Preprocessing
+
+    seen: list[int] = []
+    normalize = Preprocessing.normalize
+    monkeypatch.setattr(Preprocessing, "normalize", lambda *a, **k: seen.append(torch.get_num_threads())
+                        or normalize(*a, **k))  # fmt: skip
+    train, _ = stream_image_folder(folder, *transforms_for(_pre()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        list(_loader(train, 1).epoch(0, 4))
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+        list(_loader(train, 0).epoch(0, 5))  # decoding in this process: the threads stay
+        assert seen[2:] == [2]
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_each_image_once_per_epoch_across_two_torchrun_processes(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "seen"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),

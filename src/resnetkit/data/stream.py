@@ -16,6 +16,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -219,7 +220,8 @@ class StreamLoader(BatchLoader):
         for images, labels, failed in _surfaced(loader):
             self._report(failed)
             if len(labels):  # images: (N, H, W, C) in memory; the (N, C, H, W) view is channels_last
-                x = self.preprocessing.normalize(images.permute(0, 3, 1, 2), layout)
+                with _threads(1 if self.workers else torch.get_num_threads()):
+                    x = self.preprocessing.normalize(images.permute(0, 3, 1, 2), layout)
                 yield x.to(self.device, self.dtype, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def _report(self, failed: list[str]) -> None:
@@ -229,6 +231,19 @@ class StreamLoader(BatchLoader):
             if reason not in self._warned:
                 self._warned.add(reason)
                 log.warning("skipped unreadable image %s", reason)
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's intra-op threads set to `n` inside the block. While workers decode on every core, the hand-off's
+    normalisation (one pass over memory) runs on one thread: woken, the other threads spin-wait (OpenMP) on the
+    cores the workers need, which measured 1,520-1,760 against 1,960-2,160 images/s on 2 cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _surfaced(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
