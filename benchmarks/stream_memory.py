@@ -1,7 +1,8 @@
 """Issue 19: a streamed training run's memory does not grow with the folder. Writes two folders of JPEGs made from
 the cats-vs-dogs photos (seeded random crops, re-encoded), 2,000 and 20,000 training images, then runs the same
-short streamed `resnetkit train` on each and reports the peak resident memory of the whole process tree (the
-training process and its DataLoader workers, summed, sampled every 50 ms).
+short streamed `resnetkit train` on each, `--repeats` times alternating, and reports the peak resident memory of the
+whole process tree (the training process and its DataLoader workers, summed, sampled every 50 ms) of each run and
+the median per size. (Repeats: a run's peak varies by ~100-300 MB with where malloc's kept free memory lands.)
 
     python benchmarks/stream_memory.py --source ../shared/data/cats_vs_dogs --out runs/stream_memory
 """
@@ -12,6 +13,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -76,28 +78,24 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per size; the median peak is reported")
     args = ap.parse_args()
     out = Path(args.out)
-    for n in args.sizes:
-        folder = make_folder(Path(args.source), out / f"folder_{n}", n)
-        cmd = [sys.executable, "-m", "resnetkit", "-q", "train", "--model", "resnet18", "--data", "folder",
-               "--data-dir", str(folder), "--data-mode", "stream", "--img-size", str(args.img_size), "--epochs", "1",
-               "--max-steps", str(args.steps), "--batch-size", "32", "--workers", str(args.workers), "--no-progress",
-               "--out", str(out / f"run_{n}_{os.getpid()}")]  # fmt: skip
-        peak, seconds, code = peak_rss(cmd)
-        print(
-            json.dumps(
-                {
-                    "train_images": n,
-                    "peak_rss_mb": round(peak, 1),
-                    "seconds": round(seconds, 1),
-                    "exit": code,
-                    "steps": args.steps,
-                    "img_size": args.img_size,
-                    "workers": args.workers,
-                }
-            )
-        )
+    folders = {n: make_folder(Path(args.source), out / f"folder_{n}", n) for n in args.sizes}
+    peaks: dict[int, list[float]] = {n: [] for n in args.sizes}
+    for r in range(args.repeats):  # alternating: a slow drift of the machine touches every size alike
+        for n, folder in folders.items():
+            cmd = [sys.executable, "-m", "resnetkit", "-q", "train", "--model", "resnet18", "--data", "folder",
+                   "--data-dir", str(folder), "--data-mode", "stream", "--img-size", str(args.img_size), "--epochs",
+                   "1", "--max-steps", str(args.steps), "--batch-size", "32", "--workers", str(args.workers),
+                   "--no-progress", "--out", str(out / f"run_{n}_{os.getpid()}_{r}")]  # fmt: skip
+            peak, seconds, code = peak_rss(cmd)
+            if code:
+                raise SystemExit(f"the run on {n} images failed (exit {code})")
+            peaks[n].append(round(peak, 1))
+            print(json.dumps({"train_images": n, "round": r, "peak_rss_mb": peaks[n][-1], "seconds": round(seconds, 1),
+                              "steps": args.steps, "img_size": args.img_size, "workers": args.workers}))  # fmt: skip
+    print(json.dumps({"median_peak_rss_mb": {n: statistics.median(p) for n, p in peaks.items()}}))
 
 
 if __name__ == "__main__":

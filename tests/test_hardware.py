@@ -14,19 +14,24 @@ import pytest
 
 PROBE = """
 import json, resource, torch
-from resnetkit.hardware import keep_freed_memory
+from resnetkit.hardware import keep_freed_memory, release_free_memory
+rss_mb = lambda: int(next(l.split()[1] for l in open("/proc/self/status") if l.startswith("VmRSS:"))) / 1024
 applied = keep_freed_memory()
 for _ in range(3):  # a steady state, as in a training loop (glibc's aligned blocks need a few rounds to coalesce)
     torch.ones(16 * 2**20)  # 64 MiB filled, then freed
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 torch.ones(16 * 2**20)  # the same size again
-print(json.dumps({"applied": applied, "faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before}))
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+held = rss_mb()
+release_free_memory()  # what a loader does before forking its workers
+print(json.dumps({"applied": applied, "faults": faults, "released_mb": held - rss_mb()}))
 """
 PAGES = 64 * 2**20 // 4096
 
 
 def _probe(**env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "LD_PRELOAD"}
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "RESNETKIT_KEEP_FREED_MEMORY")}  # fmt: skip
     out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
                          check=True, timeout=120)  # fmt: skip
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -42,7 +47,9 @@ def test_freed_tensor_memory_is_reused_without_page_faults() -> None:
     kept = _probe()
     assert kept["applied"] is True
     assert kept["faults"] < PAGES // 20  # the freed blocks are reused: no fresh pages
-    chosen = _probe(MALLOC_ARENA_MAX="2")  # the user set malloc up: left alone
-    assert chosen["applied"] is False
-    if not _huge_pages_always():  # 4 KiB pages: glibc maps a fresh 64 MiB block, and every page faults
-        assert chosen["faults"] > PAGES // 2
+    assert kept["released_mb"] > 100  # the kept 64 MiB blocks go back before workers are forked
+    for env in ({"MALLOC_ARENA_MAX": "2"}, {"RESNETKIT_KEEP_FREED_MEMORY": "0"}):  # the user's choice: left alone
+        chosen = _probe(**env)
+        assert chosen["applied"] is False and abs(chosen["released_mb"]) < 30
+        if not _huge_pages_always():  # 4 KiB pages: glibc maps a fresh 64 MiB block, and every page faults
+            assert chosen["faults"] > PAGES // 2

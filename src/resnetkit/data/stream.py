@@ -34,6 +34,7 @@ from resnetkit.data.loader import BatchLoader, mix_seed
 from resnetkit.data.paths import require_folder
 from resnetkit.data.splits import stratified_split
 from resnetkit.errors import DataError
+from resnetkit.hardware import release_free_memory
 from resnetkit.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -212,6 +213,8 @@ class StreamLoader(BatchLoader):
         return self._order(epoch)
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.workers:
+            release_free_memory()  # the workers are forked when the loop starts: not with the kept free heap
         loader = DataLoader(
             self.dataset, batch_sampler=_Batches(self, epoch, start), num_workers=self.workers, collate_fn=collate,
             pin_memory=self.device.type == "cuda", timeout=WORKER_TIMEOUT_S if self.workers else 0,
