@@ -60,15 +60,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, **fields: Any) -> Path:
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The checkpoint dict, loaded with weights_only=True; one-line errors for anything else."""
+def load_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint dict, loaded with weights_only=True; one-line errors for anything else. `mmap`: the tensors
+    are mapped from the file, not read, until used (for a look at the record, e.g. which task wrote it)."""
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / "last.pt"
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001  an untrusted file: any parse failure means "not a checkpoint"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {first}") from None

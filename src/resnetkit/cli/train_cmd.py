@@ -127,9 +127,10 @@ def _runner(task: str) -> Any:
 
 
 def _checkpoint_task(resume: str) -> str:
+    """Which task wrote the checkpoint: its record read with the tensors mapped, not loaded (the runner loads it)."""
     from resnetkit.checkpoint import load_checkpoint
 
-    return str(load_checkpoint(resume).get("task", "classification"))
+    return str(load_checkpoint(resume, mmap=True).get("task", "classification"))
 
 
 def report(result: RunResult, minutes: float) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,7 @@ from resnetkit.models import create_model, resolve_data_config
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunResult", "StepCallback", "StepInfo", "resolve_device", "run_training"]
+__all__ = ["RunResult", "RunStart", "StepCallback", "StepInfo", "resolve_device", "run_training", "started_run"]
 
 
 def run_training(
@@ -45,6 +46,45 @@ def run_training(
     a torchrun restart (--max-restarts) the run continues from the `out` folder's last checkpoint. `callbacks`
     are called after every optimisation step with a `StepInfo`.
     """
+    with started_run(cfg, resume, overrides) as start:
+        cfg, ckpt, device, env = start.cfg, start.ckpt, start.device, start.env
+        precision = "autocast: asked for (--amp)" if cfg.amp else "fp32: asked for (--no-amp)"
+        if cfg.amp is None:  # decided once, by rank 0, and kept in the run's config: a resumed run keeps it
+            amp, precision = distributed.decided_on_main(lambda: default_amp(device, cfg.dtype))
+            cfg = dataclasses.replace(cfg, amp=amp)
+            if env.is_main:
+                log.info("precision: %s (--amp / --no-amp to choose)", precision)
+        torch.manual_seed(cfg.seed)
+        data = _load_data_once(cfg, env)
+        model = _build_model(cfg, data, device, env, pretrained=ckpt is None).to(device, getattr(torch, cfg.dtype))
+        distill = distillation_for(cfg, data.classes, device)
+        trainer = Trainer(cfg, data, model, device, start.folder, env, callbacks, distill)
+        if ckpt is not None:
+            trainer.restore(ckpt)
+        else:
+            start.folder.start(cfg, _run_record(cfg, data, trainer) | {"precision": precision})
+        return trainer.fit()
+
+
+@dataclasses.dataclass(frozen=True)
+class RunStart:
+    """What every training run begins with: its config (a resumed run's own), the checkpoint it continues from (or
+    None), the device, the process group and the run folder (not yet written)."""
+
+    cfg: TrainConfig
+    ckpt: dict[str, Any] | None
+    device: torch.device
+    env: distributed.DistEnv
+    folder: RunFolder
+
+
+@contextmanager
+def started_run(
+    cfg: TrainConfig, resume: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> Iterator[RunStart]:
+    """The set-up every task's training shares (classification here, detection in tasks.train), so the two cannot
+    drift: `--resume`'s checkpoint and its config, the global batch checked against the processes before joining
+    them, the device, the process group (for the block), a torchrun restart's checkpoint, threads, the run folder."""
     ckpt = None
     if resume is not None:
         ckpt = load_checkpoint(resume)
@@ -59,23 +99,9 @@ def run_training(
             cfg = resumed_config(ckpt, {})
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        precision = "autocast: asked for (--amp)" if cfg.amp else "fp32: asked for (--no-amp)"
-        if cfg.amp is None:  # decided once, by rank 0, and kept in the run's config: a resumed run keeps it
-            amp, precision = distributed.decided_on_main(lambda: default_amp(device, cfg.dtype))
-            cfg = dataclasses.replace(cfg, amp=amp)
-            if env.is_main:
-                log.info("precision: %s (--amp / --no-amp to choose)", precision)
-        folder = RunFolder(distributed.decided_on_main(lambda: choose_run_dir(cfg, ckpt is not None)), env.is_main)
-        torch.manual_seed(cfg.seed)
-        data = _load_data_once(cfg, env)
-        model = _build_model(cfg, data, device, env, pretrained=ckpt is None).to(device, getattr(torch, cfg.dtype))
-        distill = distillation_for(cfg, data.classes, device)
-        trainer = Trainer(cfg, data, model, device, folder, env, callbacks, distill)
-        if ckpt is not None:
-            trainer.restore(ckpt)
-        else:
-            folder.start(cfg, _run_record(cfg, data, trainer) | {"precision": precision})
-        return trainer.fit()
+        resuming = ckpt is not None
+        folder = RunFolder(distributed.decided_on_main(lambda: choose_run_dir(cfg, resuming)), env.is_main)
+        yield RunStart(cfg, ckpt, device, env, folder)
 
 
 def _load_data_once(cfg: TrainConfig, env: distributed.DistEnv) -> TrainingData:

@@ -24,13 +24,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from resnetkit import distributed
-from resnetkit.checkpoint import load_checkpoint, save_checkpoint
+from resnetkit.checkpoint import save_checkpoint
 from resnetkit.config import TrainConfig
 from resnetkit.data.coco import DetectionDataset, collate_detection, find_coco_split, read_coco
-from resnetkit.engine.device import resolve_device
 from resnetkit.engine.interrupt import InterruptFlag, graceful_interrupt
-from resnetkit.engine.resume import resumed_config
-from resnetkit.engine.run_dir import RunFolder, choose_run_dir
+from resnetkit.engine.run_dir import RunFolder
+from resnetkit.engine.runner import started_run
 from resnetkit.engine.trainer import RunResult
 from resnetkit.errors import DataError, NonFiniteLoss, TrainingInterrupted, WeightsError
 from resnetkit.extras import require_extra
@@ -102,25 +101,18 @@ def run_detection_training(
     cfg: TrainConfig, resume: str | Path | None = None, overrides: dict[str, Any] | None = None
 ) -> RunResult:
     """Train as `cfg` says (or continue the run at `resume`), writing the run folder (rank 0)."""
-    ckpt = None
-    if resume is not None:
-        ckpt = load_checkpoint(resume)
-        cfg = resumed_config(ckpt, overrides or {})
-    device = resolve_device(cfg.device, distributed.env_from_os().local_rank)
-    with distributed.process_group(device.type, cfg.dist_timeout) as env:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        folder = RunFolder(distributed.decided_on_main(lambda: choose_run_dir(cfg, ckpt is not None)), env.is_main)
+    with started_run(cfg, resume, overrides) as start:
+        cfg, ckpt, env = start.cfg, start.ckpt, start.env
         torch.manual_seed(cfg.seed)
         data = load_detection_data(cfg)
-        model = build_detector(cfg, data.classes, pretrained=ckpt is None).to(device)
-        trainer = DetectionTrainer(cfg, data, model, device, folder, env)
+        model = build_detector(cfg, data.classes, pretrained=ckpt is None).to(start.device)
+        trainer = DetectionTrainer(cfg, data, model, start.device, start.folder, env)
         if ckpt is not None:
             trainer.restore(ckpt)
         else:
-            folder.start(cfg, {"task": "detection", "classes": data.classes, "datasets": data.info,
-                               "steps_per_epoch": trainer.steps_per_epoch, "world_size": env.world_size,
-                               "torch": torch.__version__, "threads": torch.get_num_threads()})  # fmt: skip
+            start.folder.start(cfg, {"task": "detection", "classes": data.classes, "datasets": data.info,
+                                     "steps_per_epoch": trainer.steps_per_epoch, "world_size": env.world_size,
+                                     "torch": torch.__version__, "threads": torch.get_num_threads()})  # fmt: skip
         return trainer.fit()
 
 
