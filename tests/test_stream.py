@@ -240,3 +240,51 @@ def test_photos_are_read_as_the_in_memory_loader_reads_them(tmp_path: Path) -> N
     assert read_photo(tmp_path / "clear.png", 16).unique().tolist() == [255]  # composited onto white
     Image.fromarray(np.full((20, 20), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
     assert read_photo(tmp_path / "deep.png", 16).unique().tolist() == [255]  # 16-bit white is 8-bit white
+
+
+@pytest.mark.parametrize("split", ["val", "all", "train"])
+def test_streamed_evaluation_scores_the_images_memory_mode_scores(folder: Path, split: str) -> None:
+    """The same files in the same order with the same labels and `info`, and the same pictures up to resampling
+    (memory mode stores center squares resized by PIL; streaming resizes the whole photo's short side in torch)."""
+    from resnetkit.data.folder import load_image_folder_split
+    from resnetkit.data.loader import BatchLoader
+    from resnetkit.data.stream import stream_folder_split
+
+    pre = _pre()
+    memory = load_image_folder_split(folder, split, size=pre.storage_size, progress=False)
+    streamed = stream_folder_split(folder, split, transforms_for(pre)[1])
+    assert streamed.info["files"] == memory.info["files"]
+    assert len(streamed) == {"val": 16, "all": 64, "train": 48}[split]
+    assert {k: streamed.info[k] for k in ("source", "split")} == {k: memory.info[k] for k in ("source", "split")}
+    loaders = (BatchLoader(memory, pre, batch_size=8, train=False),
+               StreamLoader(streamed, pre, batch_size=8, train=False, workers=1))  # fmt: skip
+    (xm, ym), (xs, ys) = ((torch.cat(x), torch.cat(y)) for x, y in (zip(*ld.epoch(0), strict=True) for ld in loaders))
+    assert torch.equal(ym, ys) and xm.shape == xs.shape
+    assert (xm - xs).abs().mean() < 0.2  # normalised units; another photo in each place differs by ~1
+    assert (xm - xs.roll(1, 0)).abs().mean() > 0.5
+
+
+def test_eval_streams_a_folder_and_leaves_out_unreadable_files(folder: Path, tmp_path: Path, capsys,
+                                                              monkeypatch) -> None:  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["-q", "train", *RUN, "--data-dir", str(folder), "--max-steps", "2", "--out", str(run)]) == 0
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    bad = sorted((broken / "val" / "dog").glob("*.jpg"))[0]
+    bad.write_bytes(bad.read_bytes()[:200])  # a truncated JPEG: found only when its batch is read
+    capsys.readouterr()
+    eval_args = ["eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(broken), "--json"]
+    with monkeypatch.context() as patch:  # streamed: nothing is decoded into memory first
+        patch.setattr("resnetkit.data.folder.load_image_folder_split", lambda *a, **k: pytest.fail("decoded"))
+        assert main([*eval_args, "--split", "all", "--data-mode", "stream", "--workers", "1"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out.strip().splitlines()[-1])
+    assert result["n"] == 63 and result["split"] == "all" and bad.name in out.err
+    from resnetkit.inference import predict_split
+
+    preds = predict_split(run, "folder", str(broken), split="val", data_mode="stream", workers=0, progress=False)
+    assert len(preds.ids) == len(preds.labels) == 15 and bad.relative_to(broken).as_posix() not in preds.ids
+    assert preds.ids == [f for f in predict_split(run, "folder", str(broken), split="val", data_mode="memory",
+                                                  progress=False).ids]  # fmt: skip
+    assert main(["eval", "--checkpoint", str(run), "--data", "sample", "--data-mode", "stream"]) == 2
+    assert "--data-mode stream is for image folders" in capsys.readouterr().err

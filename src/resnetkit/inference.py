@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from resnetkit.data.datasets import ImageTensorDataset
-from resnetkit.data.factory import describe_split, load_eval_split
-from resnetkit.data.loader import BatchLoader
+from resnetkit.data.factory import describe_split, eval_streams, load_eval_split
+from resnetkit.data.stream import StreamingFolder, loader_for, stream_folder_split, stream_workers, transforms_for
 from resnetkit.engine.fastpath import should_compile
 from resnetkit.engine.predictions import Predictions, collect_logits
 from resnetkit.errors import DataError, ExportError
@@ -42,10 +42,10 @@ def load_for_inference(
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str, data_dir: str | None = None, *, split: str = "test",
     batch_size: int = 250, tta_flip: bool = False, download: bool = False, progress: bool = True,
-    compile: bool | None = None,
+    compile: bool | None = None, data_mode: str = "auto", workers: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """top1, top5, loss, n, per-class accuracy, the confusion matrix, per-class precision / recall / F1 and the
-    expected calibration error of a checkpoint on one split.
+    expected calibration error of a checkpoint on one split (options as in `predict_split`).
 
     `split` in the result is the part actually scored (image folders: "val" for the held-out part, "all" for every
     image, "train"; see predict_split), `requested_split` the one asked for, `source` the data folder and `scored`
@@ -57,7 +57,7 @@ def evaluate_checkpoint(
     """
     preds = predict_split(
         checkpoint, data, data_dir, split=split, batch_size=batch_size, tta_flip=tta_flip, download=download,
-        progress=progress, compile=compile,
+        progress=progress, compile=compile, data_mode=data_mode, workers=workers,
     )  # fmt: skip
     return {
         **preds.to_eval_result().to_dict(preds.classes),
@@ -72,7 +72,7 @@ def evaluate_checkpoint(
 def predict_split(
     checkpoint: str | Path, data: str, data_dir: str | None = None, *, split: str = "test",
     batch_size: int = 250, tta_flip: bool = False, download: bool = False, progress: bool = True,
-    compile: bool | None = None, keep_images: bool = False,
+    compile: bool | None = None, keep_images: bool = False, data_mode: str = "auto", workers: int | None = None,
 ) -> Predictions:  # fmt: skip
     """The logits of a checkpoint for every image of one split, with labels and image ids (see Predictions).
 
@@ -80,12 +80,21 @@ def predict_split(
     Image folders (issue 13): "test" / "val" is the held-out part of the checkpoint's own training folder (its
     seeded split or val/ folder), and every image of a folder of class sub-folders it was not trained on; "all"
     is every image; "train" the training part. `info` says which: `split`, `source` and `scored` (in words).
+    `data_mode` (image folders): "stream" reads the files batch by batch with `workers` decoding processes instead
+    of decoding the split into memory first; "auto" streams when the decoded split would exceed 4 GB. Unreadable
+    files are left out (with a warning) either way; streamed, `keep_images` keeps none (the report's figure of
+    mistakes is then left out).
     """
     loaded = load_model(checkpoint)
     pre, classes, config = loaded.preprocessing, loaded.classes, loaded.config
     record = _run_record(checkpoint) if config else {}
     trained_on = _trained_on(config, record, data, data_dir)
-    ds = _load_split(config, data, data_dir, split, pre, trained_on=trained_on, download=download, progress=progress)
+    stream = eval_streams(data, data_dir, data_mode, pre)
+    if stream:
+        ds: Any = _stream_split(config, data_dir, split, pre, trained_on)
+    else:
+        opts = dict(trained_on=trained_on, download=download, progress=progress)
+        ds = _load_split(config, data, data_dir, split, pre, **opts)
     if trained_on:
         _check_held_out(ds, record)
     if loaded.exported is not None and not loaded.exported.named and len(classes) == len(ds.classes):
@@ -93,17 +102,27 @@ def predict_split(
     if list(ds.classes) != classes:
         raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
     if compile is None:
-        compile = loaded.exported is None and should_compile(
-            len(ds), count_macs(loaded.model, (ds.images.shape[1], pre.size, pre.size))
-        )
+        compile = loaded.exported is None and should_compile(len(ds), count_macs(loaded.model, (3, pre.size, pre.size)))
     model = loaded.fast(compile)
-    loader = BatchLoader(ds, pre, batch_size=batch_size, train=False, memory_format=loaded.memory_format)
+    loader = loader_for(ds, pre, workers=stream_workers(workers), strict=False, batch_size=batch_size, train=False,
+                        memory_format=loaded.memory_format)  # fmt: skip
     with host_threads(model):
         logits, labels = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
-    ids = list(ds.info["files"]) if data == "folder" else [str(i) for i in range(len(ds))]
-    images = center_crop(ds.images, pre.size) if keep_images else None  # as the model sees them, for figures
-    return Predictions(logits, labels, classes, ids, images, _scored(ds, data, trained_on))
+    left_out = set(getattr(loader, "skipped", ()))  # streamed: unreadable files found on the way
+    ids = [f for i, f in enumerate(ds.info["files"]) if i not in left_out] if data == "folder" else None
+    images = center_crop(ds.images, pre.size) if keep_images and not stream else None  # as the model sees them
+    return Predictions(logits, labels, classes, ids if ids is not None else [str(i) for i in range(len(ds))], images,
+                       _scored(ds, data, trained_on))  # fmt: skip
+
+
+def _stream_split(
+    config: dict[str, Any], data_dir: str | None, split: str, pre: Preprocessing, trained_on: bool
+) -> StreamingFolder:
+    seed, fraction = config.get("seed", 0), config.get("val_fraction", 0.1)
+    evaluate = transforms_for(pre)[1]
+    return stream_folder_split(str(data_dir), split, evaluate, trained_on=trained_on, val_fraction=fraction,
+                               seed=seed)  # fmt: skip
 
 
 def _run_record(checkpoint: str | Path) -> dict[str, Any]:

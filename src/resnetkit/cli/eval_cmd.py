@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resnetkit.config import DATA_CHOICES
+from resnetkit.config import DATA_CHOICES, DATA_MODES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -29,6 +29,10 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--download", action="store_true")
+    p.add_argument("--data-mode", default="auto", choices=DATA_MODES, help="image folders: stream reads the files "
+                   "batch by batch instead of decoding the split into memory first; auto (default) streams when the "
+                   "decoded split would exceed 4 GB")  # fmt: skip
+    p.add_argument("--workers", type=int, help="decoding processes when streaming (default: one per core, up to 8)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate_checkpoint(
         args.checkpoint, args.data, args.data_dir, split=args.split, batch_size=args.batch_size,
         tta_flip=args.tta_flip, download=args.download, progress=not args.json, compile=args.compile,
+        data_mode=args.data_mode, workers=args.workers,
     )  # fmt: skip
     if args.json:
         print(json.dumps(res))

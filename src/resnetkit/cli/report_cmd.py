@@ -37,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     predict = partial(
         predict_split, args.checkpoint, args.data, args.data_dir, batch_size=args.batch_size, tta_flip=args.tta_flip,
         download=args.download, progress=not args.json, compile=args.compile, keep_images=True,
+        data_mode=args.data_mode, workers=args.workers,
     )  # fmt: skip
     scored: dict[str, str] = {}
 

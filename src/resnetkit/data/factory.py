@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from resnetkit.config import ConfigError, TrainConfig
+from resnetkit.config import DATA_MODES, ConfigError, TrainConfig
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.data.splits import seeded_order, seeded_split
 from resnetkit.errors import DataError
@@ -148,12 +148,27 @@ def streams(cfg: TrainConfig, pre: Preprocessing) -> bool:
                 "(--data folder, --augment imagenet or auto, not --data-mode memory)"
             )
         return False
-    if cfg.data_mode == "stream" or per_image:
-        return True
+    return cfg.data_mode == "stream" or per_image or _exceeds_budget(cfg.data_dir, pre, cfg.memory_budget_gb)
+
+
+def eval_streams(data: str, data_dir: str | None, data_mode: str, pre: Preprocessing, budget_gb: float = 4.0) -> bool:
+    """Whether an evaluation reads its image folder from disk rather than decoding it into memory first: asked for
+    (`stream`), or (`auto`) the decoded images would need more than `budget_gb`, as for training."""
+    if data_mode not in DATA_MODES:
+        raise ConfigError(f"unknown data mode {data_mode!r}; choose one of {', '.join(DATA_MODES)}")
+    if data != "folder" or pre.kind != "imagenet" or data_mode == "memory":
+        if data_mode == "stream":
+            raise ConfigError("--data-mode stream is for image folders and ImageNet-style preprocessing")
+        return False
+    _folder_dir(data_dir)  # --data folder needs --data-dir
+    return data_mode == "stream" or _exceeds_budget(data_dir, pre, budget_gb)
+
+
+def _exceeds_budget(data_dir: str | None, pre: Preprocessing, budget_gb: float) -> bool:
+    """The folder's images, decoded (uint8, 3 x storage size^2 bytes each), would need more than `budget_gb`."""
     from resnetkit.data.stream import count_images
 
-    needed = count_images(_folder_dir(cfg.data_dir)) * 3 * pre.storage_size**2
-    return needed > cfg.memory_budget_gb * 1e9
+    return count_images(_folder_dir(data_dir)) * 3 * pre.storage_size**2 > budget_gb * 1e9
 
 
 def _resize(ds: ImageTensorDataset, size: int) -> ImageTensorDataset:

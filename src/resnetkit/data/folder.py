@@ -345,15 +345,19 @@ def load_image_folder_split(
         train, val = load_image_folder(root, val_fraction=val_fraction, seed=seed, **opts)
         return train if split == "train" else val
     if val_dir is None and split == "train":
-        raise DataError(
-            f"{root} has class sub-folders only and the model was not trained on it, so it has no training part; "
-            "split 'all' scores every image"
-        )
+        raise no_training_part(root)
     if val_dir is None:
         return _load_parts(root, {"all": train_dir}, **opts)[0]
     if split == "all":
         return _concat(root, _load_parts(root, {"train": train_dir, "val": val_dir}, **opts))
     return _load_parts(root, {"train": train_dir} if split == "train" else {"val": val_dir}, **opts)[0]
+
+
+def no_training_part(root: Path) -> DataError:
+    return DataError(
+        f"{root} has class sub-folders only and the model was not trained on it, so it has no training part; "
+        "split 'all' scores every image"
+    )
 
 
 def _load_parts(

@@ -29,7 +29,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 from torchvision.transforms import RandomResizedCrop, v2
 
-from resnetkit.data.folder import _FULL_SCALE, _check_same_classes, _scan, _split_dirs, _to_rgb, decode_error_reason
+from resnetkit.data.folder import (
+    _FULL_SCALE,
+    FOLDER_SPLITS,
+    _check_same_classes,
+    _scan,
+    _split_dirs,
+    _to_rgb,
+    decode_error_reason,
+    no_training_part,
+)
 from resnetkit.data.loader import BatchLoader, mix_seed
 from resnetkit.data.paths import require_folder
 from resnetkit.data.splits import stratified_split
@@ -151,7 +160,7 @@ class StreamingFolder(Dataset):
     def with_transform(self, transform: StreamTransform) -> StreamingFolder:
         return StreamingFolder([(Path(p), y) for p, y in self.samples], self.classes, self.info, transform)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, str]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor | None, int, tuple[int, str] | None]:
         index, seed = key
         path, label = self.samples[index]
         if self._pipeline is None:
@@ -159,20 +168,22 @@ class StreamingFolder(Dataset):
         try:
             photo = read_photo(path, self.transform.draft_side())
         except Exception as e:  # noqa: BLE001  any unreadable file is reported by name, never fatal to a worker
-            return None, label, f"{path}: {decode_error_reason(e)}"
+            return None, label, (index, f"{path}: {decode_error_reason(e)}")
         # transforms v2 draw from the global CPU generator: this process's, seeded per image (torch.manual_seed
         # would also visit every accelerator backend: 0.06-0.1 ms per image, measured, for the same CPU draws)
         torch.default_generator.manual_seed(seed)
-        return self._pipeline(photo), label, ""
+        return self._pipeline(photo), label, None
 
 
-def collate(items: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def collate(
+    items: list[tuple[torch.Tensor | None, int, tuple[int, str] | None]],
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
     """The readable images of a batch stacked as uint8 (N, H, W, C) in memory, their labels, and the unreadable
-    files' reasons. Channels-last memory is what the worker's resize wrote (a straight copy, not a transposing
+    files' (index, reason). Channels-last memory is what the worker's resize wrote (a straight copy, not a transposing
     one) and what the training step takes; torch's default_collate writes a worker's batch straight into shared
     memory instead of copying it there when it is sent."""
     good = [(x, y) for x, y, _ in items if x is not None]
-    failed = [reason for x, _, reason in items if x is None]
+    failed = [error for x, _, error in items if x is None and error is not None]
     if not good:
         return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.int64), failed
     images = default_collate([x.permute(1, 2, 0) for x, _ in good])
@@ -208,6 +219,7 @@ class StreamLoader(BatchLoader):
         super().__init__(dataset, preprocessing, **kwargs)  # type: ignore[arg-type]
         self.workers, self.strict = workers, strict
         self._warned: set[str] = set()
+        self.skipped: list[int] = []  # dataset indices of the unreadable images left out so far
 
     def order(self, epoch: int) -> torch.Tensor:
         return self._order(epoch)
@@ -229,8 +241,9 @@ class StreamLoader(BatchLoader):
                     x = self.preprocessing.normalize(images, layout)
                 yield x.to(self.dtype), labels.to(self.device, non_blocking=True)
 
-    def _report(self, failed: list[str]) -> None:
-        for reason in failed:
+    def _report(self, failed: list[tuple[int, str]]) -> None:
+        for index, reason in failed:
+            self.skipped.append(index)
             if self.strict:
                 raise DataError(f"unreadable image {reason} (without --strict it is skipped with a warning)")
             if reason not in self._warned:
@@ -293,6 +306,37 @@ def stream_image_folder(
     record = {"val_seed": seed, "val_fraction": val_fraction, "held_out": held_out}
     val = full.subset(val_idx, split="val", **record).with_transform(evaluate)
     return full.subset(train_idx, split="train", **record), val
+
+
+def stream_folder_split(
+    data_dir: str | Path, split: str, evaluate: StreamTransform, *, trained_on: bool = True, val_fraction: float = 0.1,
+    seed: int = 0,
+) -> StreamingFolder:  # fmt: skip
+    """`folder.load_image_folder_split`'s part of an image folder (the same choice of images, the same `info`
+    keys, with `files` relative to the folder), streamed: nothing is decoded until it is evaluated."""
+    if split not in FOLDER_SPLITS:
+        raise DataError(f"unknown split {split!r} for an image folder; choose from {', '.join(FOLDER_SPLITS)}")
+    root = require_folder(data_dir, "image folder")
+    train_dir, val_dir = _split_dirs(root)
+    if val_dir is None and trained_on and split != "all":
+        train, val = stream_image_folder(root, evaluate, evaluate, val_fraction=val_fraction, seed=seed)
+        part = train if split == "train" else val
+    elif val_dir is None and split == "train":
+        raise no_training_part(root)
+    elif val_dir is None:
+        part = _streamed(root, _scan(train_dir), "all", evaluate)
+    elif split == "all":
+        scans = [_scan(train_dir), _scan(val_dir)]
+        _check_same_classes(*scans)
+        parts = [_streamed(root, s, name, evaluate) for s, name in zip(scans, ("train", "val"), strict=True)]
+        info = {**parts[0].info, "split": "all", "folder": ".", "parts": [p.info["folder"] for p in parts],
+                "not_images": parts[0].info["not_images"] + parts[1].info["not_images"]}  # fmt: skip
+        part = StreamingFolder([(Path(p), y) for q in parts for p, y in q.samples], parts[0].classes, info, evaluate)
+    else:
+        chosen = (train_dir, "train") if split == "train" else (val_dir, "val")
+        part = _streamed(root, _scan(chosen[0]), chosen[1], evaluate)
+    part.info["files"] = [Path(p).relative_to(root).as_posix() for p, _ in part.samples]
+    return part
 
 
 def _streamed(root: Path, scan: Any, split: str, transform: StreamTransform) -> StreamingFolder:
