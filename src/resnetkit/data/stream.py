@@ -219,12 +219,13 @@ class StreamLoader(BatchLoader):
         super().__init__(dataset, preprocessing, **kwargs)  # type: ignore[arg-type]
         self.workers, self.strict = workers, strict
         self._warned: set[str] = set()
-        self.skipped: list[int] = []  # dataset indices of the unreadable images left out so far
+        self.skipped: list[int] = []  # dataset indices of the unreadable images the latest epoch left out
 
     def order(self, epoch: int) -> torch.Tensor:
         return self._order(epoch)
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        self.skipped = []
         if self.workers:
             release_free_memory()  # the workers are forked when the loop starts: not with the kept free heap
         loader = DataLoader(
@@ -264,7 +265,7 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _surfaced(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+def _surfaced(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]]:
     """The loader's batches; a worker killed (out of memory, a signal) or stalled becomes one DataError line."""
     try:
         yield from loader
