@@ -287,4 +287,4 @@ def test_eval_streams_a_folder_and_leaves_out_unreadable_files(folder: Path, tmp
     assert preds.ids == [f for f in predict_split(run, "folder", str(broken), split="val", data_mode="memory",
                                                   progress=False).ids]  # fmt: skip
     assert main(["eval", "--checkpoint", str(run), "--data", "sample", "--data-mode", "stream"]) == 2
-    assert "--data-mode stream is for image folders" in capsys.readouterr().err
+    assert "is for image folders streamed from disk" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from resnetkit.data.datasets import ImageTensorDataset
-from resnetkit.data.factory import describe_split, eval_streams, load_eval_split
+from resnetkit.data.factory import describe_split, folder_streams, load_eval_split
 from resnetkit.data.stream import StreamingFolder, loader_for, stream_folder_split, stream_workers, transforms_for
 from resnetkit.engine.fastpath import should_compile
 from resnetkit.engine.predictions import Predictions, collect_logits
@@ -89,7 +89,7 @@ def predict_split(
     pre, classes, config = loaded.preprocessing, loaded.classes, loaded.config
     record = _run_record(checkpoint) if config else {}
     trained_on = _trained_on(config, record, data, data_dir)
-    stream = eval_streams(data, data_dir, data_mode, pre)
+    stream = folder_streams(data, data_dir, data_mode, pre)
     if stream:
         ds: Any = _stream_split(config, data_dir, split, pre, trained_on)
     else:

@@ -138,30 +138,27 @@ def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
 
 def streams(cfg: TrainConfig, pre: Preprocessing) -> bool:
     """Whether the run reads its image folder from disk each epoch: asked for (`data_mode: stream`, or a per-image
-    augmentation policy), or (auto) the decoded images would need more than `memory_budget_gb` (uint8,
-    3 x storage size^2 bytes each)."""
+    augmentation policy, which needs the workers), or (auto) the decoded images would exceed `memory_budget_gb`."""
     per_image = cfg.augment_policy != "none" or cfg.random_erasing > 0
-    if cfg.data != "folder" or pre.kind != "imagenet" or cfg.data_mode == "memory":
-        if cfg.data_mode == "stream" or per_image:
-            raise ConfigError(
-                "--data-mode stream, augment_policy and random_erasing are for image folders streamed from disk "
-                "(--data folder, --augment imagenet or auto, not --data-mode memory)"
-            )
-        return False
-    return cfg.data_mode == "stream" or per_image or _exceeds_budget(cfg.data_dir, pre, cfg.memory_budget_gb)
+    return folder_streams(cfg.data, cfg.data_dir, cfg.data_mode, pre, cfg.memory_budget_gb, per_image=per_image)
 
 
-def eval_streams(data: str, data_dir: str | None, data_mode: str, pre: Preprocessing, budget_gb: float = 4.0) -> bool:
-    """Whether an evaluation reads its image folder from disk rather than decoding it into memory first: asked for
-    (`stream`), or (`auto`) the decoded images would need more than `budget_gb`, as for training."""
+def folder_streams(data: str, data_dir: str | None, data_mode: str, pre: Preprocessing, budget_gb: float = 4.0, *,
+                   per_image: bool = False) -> bool:  # fmt: skip
+    """Whether training or evaluation reads an image folder from disk rather than decoding it into memory first:
+    asked for (`stream`, or `per_image` augmentation), or (`auto`) the decoded images (uint8, 3 x storage size^2
+    bytes each) would need more than `budget_gb`. Only image folders with ImageNet-style preprocessing stream."""
     if data_mode not in DATA_MODES:
         raise ConfigError(f"unknown data mode {data_mode!r}; choose one of {', '.join(DATA_MODES)}")
     if data != "folder" or pre.kind != "imagenet" or data_mode == "memory":
-        if data_mode == "stream":
-            raise ConfigError("--data-mode stream is for image folders and ImageNet-style preprocessing")
+        if data_mode == "stream" or per_image:
+            raise ConfigError(
+                "--data-mode stream (and augment_policy, random_erasing) is for image folders streamed from disk "
+                "(--data folder, ImageNet-style preprocessing: --augment imagenet or auto, not --data-mode memory)"
+            )
         return False
     _folder_dir(data_dir)  # --data folder needs --data-dir
-    return data_mode == "stream" or _exceeds_budget(data_dir, pre, budget_gb)
+    return data_mode == "stream" or per_image or _exceeds_budget(data_dir, pre, budget_gb)
 
 
 def _exceeds_budget(data_dir: str | None, pre: Preprocessing, budget_gb: float) -> bool:
