@@ -1,12 +1,19 @@
-"""Shared helpers. Under CI (any truthy CI: true/1/yes/on) a missing test dependency or data set fails, not skips."""
+"""Shared helpers. Under CI (any truthy CI: true/1/yes/on) a missing test dependency or data set fails, not skips.
+
+The whole session runs with its own RESNETKIT_HOME (a temporary folder, never the user's ~/.cache), and in it a
+pinned precision decision: a run that says neither --amp nor --no-amp trains in fp32 on every machine, instead of
+following this CPU's bf16 timing (`engine.device.bf16_speedup`), so no test's numbers depend on a measurement.
+"""
 
 from __future__ import annotations
 
 import http.server
 import importlib
+import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +22,8 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+
+import procs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -34,6 +43,42 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
+# The speedup the session's cache records for this CPU: below engine.device.BF16_MIN_SPEEDUP, so the default is fp32.
+PINNED_BF16_SPEEDUP = 1.0
+_SESSION_HOME: Path | None = None
+
+
+def pin_precision(home: Path) -> Path:
+    """Write the pinned bf16 decision (PINNED_BF16_SPEEDUP for this CPU and torch) into the cache folder `home`."""
+    from resnetkit.engine import device
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / device.PRECISION_CACHE).write_text(json.dumps({device.bf16_cache_key(): PINNED_BF16_SPEEDUP}))
+    return home
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The session's RESNETKIT_HOME, set before any test module is imported; subprocesses inherit it."""
+    global _SESSION_HOME
+    if _SESSION_HOME is None:
+        _SESSION_HOME = pin_precision(Path(tempfile.mkdtemp(prefix="resnetkit-home-")))
+        os.environ["RESNETKIT_HOME"] = str(_SESSION_HOME)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    procs.reap_all()  # whatever a fixture left running
+    if _SESSION_HOME is not None:
+        shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture()
+def own_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh RESNETKIT_HOME for one test (an empty weights and data cache), with the pinned precision."""
+    home = pin_precision(tmp_path / "home")
+    monkeypatch.setenv("RESNETKIT_HOME", str(home))
+    return home
+
+
 TRUTHY = frozenset({"true", "1", "yes", "on"})
 
 
@@ -43,10 +88,24 @@ def in_ci() -> bool:
 
 
 def _missing(what: str) -> None:
-    """Fail under CI (what is missing is a test dependency), skip elsewhere."""
+    """Fail under CI (what is missing is a test dependency), skip elsewhere: inside a test, or at a module's top
+    (the whole module is skipped, rather than a collection error)."""
     if in_ci():
         pytest.fail(f"CI={os.environ.get('CI')!r} but {what}")
-    pytest.skip(what)
+    pytest.skip(what, allow_module_level=True)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[pytest.TestReport]:
+    """Under CI nothing skips silently: a skip of a test not marked `cuda` (the only ones CI cannot run: no GPU)
+    is reported as a failure that names the skip's reason."""
+    report = yield
+    if report.skipped and in_ci() and item.get_closest_marker("cuda") is None and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"CI={os.environ.get('CI')!r}: a test may skip only for want of CUDA; skipped: " + str(
+            report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
+        )
+    return report
 
 
 def shared_data(name: str) -> Path:
@@ -128,3 +187,21 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     yield f"http://127.0.0.1:{httpd.server_address[1]}", root
     httpd.shutdown()
     httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shipped ResNet-20 (resnet20.rk_cifar10) as fp32 ONNX, int8 ONNX (calibrated on CIFAR-10's training
+    images) and .pt2, made once per session through the CLI; export and serve tests read them."""
+    require_module("onnxruntime")
+    from resnetkit.cli.main import main
+
+    cifar = str(shared_data("cifar-10-batches-bin"))
+    folder = tmp_path_factory.mktemp("exported")
+    files = {"onnx": folder / "r20.onnx", "int8": folder / "r20_int8.onnx", "pt2": folder / "r20.pt2"}
+    weights = "resnet20.rk_cifar10"
+    assert main(["-q", "export", "--checkpoint", weights, "--out", str(files["onnx"])]) == 0
+    assert main(["-q", "export", "--checkpoint", weights, "--format", "pt2", "--out", str(files["pt2"])]) == 0
+    int8 = ["--int8", "--data", "cifar10", "--data-dir", cifar, "--out", str(files["int8"])]
+    assert main(["-q", "export", "--checkpoint", weights, *int8]) == 0
+    return files

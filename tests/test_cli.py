@@ -1,17 +1,32 @@
-"""The real CLI in a subprocess: output formats, exit codes and one-line errors."""
+"""The real CLI: output formats, exit codes and one-line errors. In-process (`main([...])` + capsys), but for the
+one-line error, which is checked on a separate interpreter's real stderr and exit status."""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import sys
+
+import pytest
+
+from resnetkit.cli.main import main
+
+import procs
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "resnetkit", *args], capture_output=True, text=True, timeout=300)
+@pytest.fixture()
+def run_cli(capsys):
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    return run
 
 
-def test_models_json() -> None:
+def test_models_json(run_cli) -> None:
     proc = run_cli("models", "resnet[25]*", "--json")
     assert proc.returncode == 0, proc.stderr
     rows = {r["name"]: r for r in json.loads(proc.stdout)}
@@ -20,7 +35,7 @@ def test_models_json() -> None:
     assert rows["resnet50"]["gmacs"] == 4.0892 and rows["resnet50"]["family"] == "imagenet"
 
 
-def test_models_table_and_markdown() -> None:
+def test_models_table_and_markdown(run_cli) -> None:
     proc = run_cli("models", "resnet18")
     assert proc.returncode == 0
     assert proc.stdout.splitlines()[1].split() == ["resnet18", "imagenet", "11.69", "1.814", "224x224"]
@@ -28,8 +43,8 @@ def test_models_table_and_markdown() -> None:
     assert md[0].startswith("| model |") and md[2] == "| resnet20 | cifar | 0.27 | 0.041 | 32x32 |"
 
 
-def test_unknown_model_is_a_one_line_error() -> None:
-    proc = run_cli("models", "resnet5")
+def test_unknown_model_is_a_one_line_error(run_cli) -> None:
+    proc = procs.resnetkit("models", "resnet5")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0
     assert "resnetkit: error: unknown model 'resnet5'; did you mean: " in proc.stderr
@@ -38,7 +53,7 @@ def test_unknown_model_is_a_one_line_error() -> None:
     assert empty.returncode == 1 and "no model matches 'nosuch*'" in empty.stderr
 
 
-def test_bad_arguments_exit_non_zero() -> None:
+def test_bad_arguments_exit_non_zero(run_cli) -> None:
     proc = run_cli("models", "--json", "--markdown")
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
     assert run_cli("frobnicate").returncode == 2

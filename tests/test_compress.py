@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from resnetkit.engine.runner import run_training
 from resnetkit.models import create_model
 from resnetkit.models.complexity import count_macs
 
+import procs
 from conftest import REPO, require_module, shared_data
 
 TINY = ["--no-progress", "--batch-size", "32", "--train-subset", "128", "--test-subset", "256", "--threads", "2"]
@@ -159,10 +158,8 @@ def test_prune_finetune_reload_in_a_fresh_process_and_export(tmp_path: Path, cap
     assert ckpt["model"]["layer1.0.conv1.weight"].shape[0] < 16
     assert ckpt["model_kwargs"]["inner_widths"] == record["inner_widths"]
     # a fresh process rebuilds the pruned network from the checkpoint alone and evaluates it
-    proc = subprocess.run(
-        [sys.executable, "-m", "resnetkit", "-q", "eval", "--checkpoint", str(run), "--data", "cifar10",
-         "--data-dir", str(data), "--json"], capture_output=True, text=True, cwd=REPO, check=False,
-    )  # fmt: skip
+    args = ["eval", "--checkpoint", str(run), "--data", "cifar10", "--data-dir", str(data), "--json"]
+    proc = procs.resnetkit("-q", *args, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     # pruning half the MACs at once leaves ~10% (chance) before fine-tuning; 4 steps on 128 images start the recovery
@@ -185,7 +182,7 @@ def _exports_like_torch(capsys, run: Path, onnx_file: Path) -> None:
 
     code, _, err = cli(capsys, "export", "--checkpoint", str(run), "--format", "onnx", "--out", str(onnx_file))
     assert code == 0, err
-    ort = pytest.importorskip("onnxruntime")
+    ort = require_module("onnxruntime")
     x = torch.randn(4, 3, 32, 32)
     session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]

@@ -17,6 +17,7 @@ from PIL import Image, ImageFilter
 from resnetkit.checkpoint import load_checkpoint
 from resnetkit.cli.main import main
 
+import procs
 from conftest import shared_data
 
 # A small Faster R-CNN: ResNet-18 FPN at 128 px, fewer proposals and sampled boxes than torchvision's defaults (the
@@ -184,7 +185,6 @@ def test_detection_trains_under_torchrun_with_two_processes(tmp_path: Path) -> N
     """torchrun, 2 processes (DistributedDataParallel on gloo): each takes half of every global batch; rank 0 writes
     the one run folder and validates."""
     import os
-    import subprocess
     import sys
 
     data = write_coco(tmp_path / "coco", {"train": 16, "val": 4})
@@ -194,7 +194,7 @@ def test_detection_trains_under_torchrun_with_two_processes(tmp_path: Path) -> N
            "train", *args]  # fmt: skip
     cmd[cmd.index("--threads") + 1] = "1"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
+    proc = procs.run(cmd, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((run / "run.json").read_text())
     assert info["world_size"] == 2 and info["steps_per_epoch"] == 4  # 16 images, 2 processes x batch 2

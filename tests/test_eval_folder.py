@@ -17,7 +17,7 @@ import torch
 from resnetkit.cli.main import main
 from resnetkit.inference import predict_split
 
-from conftest import shared_data
+from conftest import pin_precision, shared_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -53,7 +53,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Folders]:
     _copy(cvd / "train", layout / "train", LAYOUT_TRAIN)
     _copy(cvd / "val", layout / "val", LAYOUT_VAL)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("RESNETKIT_HOME", str(tmp / "home"))  # the decode cache goes here, not into the user's home
+        mp.setenv("RESNETKIT_HOME", str(pin_precision(tmp / "home")))  # the decode cache: not the user's home
         mp.setenv("RESNETKIT_OFFLINE", "1")
         with pytest.MonkeyPatch.context() as cwd:
             cwd.chdir(tmp)  # trained with a relative --data-dir: its config says "own", its run.json the full path

@@ -27,26 +27,13 @@ WEIGHTS = "resnet20.rk_cifar10"
 
 
 @pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+def offline(monkeypatch):
+    monkeypatch.setenv("RESNETKIT_OFFLINE", "1")  # the session's own RESNETKIT_HOME (conftest)
 
 
 @pytest.fixture(scope="module")
 def cifar() -> str:
     return str(shared_data("cifar-10-batches-bin"))
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, cifar) -> dict[str, Path]:
-    """The shipped ResNet-20 as fp32 ONNX, int8 ONNX and .pt2, made once through the CLI."""
-    folder = tmp_path_factory.mktemp("exported")
-    files = {"onnx": folder / "r20.onnx", "int8": folder / "r20_int8.onnx", "pt2": folder / "r20.pt2"}
-    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--out", str(files["onnx"])]) == 0
-    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--format", "pt2", "--out", str(files["pt2"])]) == 0
-    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--int8", "--data", "cifar10", "--data-dir", cifar,
-                 "--out", str(files["int8"])]) == 0  # fmt: skip
-    return files
 
 
 def _test_images(cifar: str, n: int) -> torch.Tensor:

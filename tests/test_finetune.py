@@ -13,7 +13,7 @@ import resnetkit
 from resnetkit.cli.main import main
 from resnetkit.engine.finetune import apply_strategy
 
-from conftest import confusion_from_predictions, shared_data
+from conftest import confusion_from_predictions, pin_precision, shared_data
 
 TINY = ["--no-progress", "--batch-size", "32", "--train-subset", "64", "--max-steps", "3", "--threads", "2"]
 
@@ -21,7 +21,7 @@ TINY = ["--no-progress", "--batch-size", "32", "--train-subset", "64", "--max-st
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
 
 
 def _trainable(strategy: str, stages: int = 1) -> set[str]:

@@ -4,7 +4,6 @@ on resume. fp16 autocast and torch.amp.GradScaler both run on the CPU, so the sc
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from resnetkit.engine.device import autocast_dtype, make_grad_scaler
 from resnetkit.export.int8 import has_vnni
 
 import faults
+from conftest import require_program
 
 RUN = ["-q", "train", "--no-progress", "--batch-size", "32", "--train-subset", "128", "--threads", "2", "--epochs", "2"]
 FP16 = ["--amp", "--amp-dtype", "float16"]
@@ -172,11 +172,11 @@ def test_amp_is_true_false_or_null(value) -> None:
     assert TrainConfig.from_dict({"amp": None}).amp is None
 
 
-@pytest.mark.skipif(shutil.which("lscpu") is None, reason="lscpu (util-linux) is not installed")
 def test_the_cpu_is_named_and_its_flags_read_as_lscpu_shows_them() -> None:
     """The bf16 cache key starts with the CPU's model name and lists exactly the bf16/AMX flags lscpu shows; the
     int8 export's VNNI check agrees with lscpu's flags."""
-    text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True, env={"LC_ALL": "C"}).stdout
+    lscpu = [require_program("lscpu")]
+    text = subprocess.run(lscpu, capture_output=True, text=True, check=True, env={"LC_ALL": "C"}).stdout
     fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
     flags = set(fields.get("Flags", "").split())
     signature = device.cpu_signature()

@@ -13,13 +13,13 @@ from resnetkit.cli.main import main
 from resnetkit.weights import sha256_file
 from resnetkit.weights.registry import SHIPPED, get_weights, list_weights
 
-from conftest import shared_data
+from conftest import pin_precision, shared_data
 
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("RESNETKIT_OFFLINE", "1")  # no test may reach the internet
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
 
 
 def test_shipped_weights_load_offline_by_name_and_match_their_hash() -> None:

@@ -26,7 +26,7 @@ from resnetkit.weights import registry
 from resnetkit.weights.registry import SHIPPED, get_weights, list_weights
 
 import faults
-from conftest import shared_data
+from conftest import pin_precision, shared_data
 
 WEIGHTS = "resnet20.rk_cifar10"
 
@@ -39,7 +39,7 @@ def _threads_restored(keep_threads: None) -> None:
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

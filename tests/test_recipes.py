@@ -23,7 +23,7 @@ from resnetkit.engine.run_dir import RunFolder
 from resnetkit.engine.trainer import Trainer
 from resnetkit.models import resolve_data_config
 
-from conftest import shared_data
+from conftest import pin_precision, shared_data
 
 
 def paper(step: int, warmup: int = 0) -> float:
@@ -114,7 +114,7 @@ def test_every_shipped_recipe_has_a_promise() -> None:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("home")  # decoded image folders are cached here, once for the module
+    return pin_precision(tmp_path_factory.mktemp("home"))  # decoded image folders are cached here, once for the module
 
 
 def _trainer(name: str, promise: Promise, tmp_path: Path) -> Trainer:

@@ -23,6 +23,8 @@ from resnetkit.metrics import (
 from resnetkit.report import GroupFileError, read_groups
 from resnetkit.report.numbers import calibration_by_halves, confident_mistakes, group_numbers
 
+from conftest import pin_precision
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -277,7 +279,7 @@ def test_report_on_an_image_folder_keys_groups_by_relative_path(tmp_path: Path, 
     from resnetkit.models.zoo import CIFAR_CFG
     from resnetkit.transforms import preprocessing_for
 
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     data, gen = tmp_path / "pets", torch.Generator().manual_seed(0)
     lines = ["image,group"]
     for split in ("train", "val"):

@@ -26,7 +26,7 @@ from resnetkit.layers import FrozenBatchNorm2d
 from resnetkit.tasks.pretrained import build_task_model, create_task_model, task_architecture
 from resnetkit.weights import registry
 
-from conftest import shared_data
+from conftest import pin_precision, shared_data
 
 COCO = [e for e in registry.list_weights("*.tv_coco")]
 
@@ -96,7 +96,7 @@ def test_every_coco_entry_builds_the_architecture_torchvision_loads_its_file_int
 def test_coco_detector_downloads_verifies_and_equals_torchvision(server, photo, tmp_path, monkeypatch) -> None:
     """fasterrcnn_resnet50_fpn.tv_coco as torchvision builds it for its COCO_V1 file (FrozenBatchNorm, eps 0)."""
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     torch.manual_seed(0)
     backbone = _resnet_fpn_extractor(torchvision.models.resnet50(norm_layer=misc.FrozenBatchNorm2d), 3)
     small = {"min_size": 256, "max_size": 384, "box_score_thresh": 0.0}
@@ -116,7 +116,7 @@ def test_coco_detector_downloads_verifies_and_equals_torchvision(server, photo, 
 
 def test_a_file_that_does_not_match_its_hash_is_refused(server, tmp_path, monkeypatch) -> None:
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     with torch.device("meta"):
         shapes = build_task_model("segmentation", "fcn", {"num_classes": 21, "aux_loss": True}).state_dict()
     state = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in shapes.items()}
@@ -131,7 +131,7 @@ def test_a_file_that_does_not_match_its_hash_is_refused(server, tmp_path, monkey
 
 def test_segment_cli_writes_json_and_an_overlay_equal_to_torchvision(server, photo, tmp_path, monkeypatch, capsys):
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     torch.manual_seed(0)
     theirs = torchvision.models.segmentation.deeplabv3_resnet50(weights=None, weights_backbone=None, aux_loss=True)
     _serve("deeplabv3_resnet50.tv_coco", theirs.state_dict(), root, base, monkeypatch)
@@ -155,7 +155,7 @@ def test_segment_cli_writes_json_and_an_overlay_equal_to_torchvision(server, pho
 
 def test_detect_cli_boxes_inside_the_image_and_an_overlay(server, tmp_path, monkeypatch, capsys) -> None:
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     torch.manual_seed(0)
     theirs = torchvision.models.detection.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None)
     _serve("retinanet_resnet50_fpn_v2.tv_coco", theirs.state_dict(), root, base, monkeypatch)

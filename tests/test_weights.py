@@ -16,7 +16,7 @@ import torch
 import resnetkit
 from resnetkit.weights import download_url
 
-from conftest import randomize_norm_stats, require_module
+from conftest import pin_precision, randomize_norm_stats, require_module
 
 
 def _model(name: str = "resnet20", **kw) -> torch.nn.Module:
@@ -201,7 +201,7 @@ def _sha(path: Path) -> str:
 
 def test_url_with_sha256_downloads_verifies_and_caches(server, tmp_path, monkeypatch) -> None:
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     src = _model()
     file = resnetkit.save_state_dict(src.state_dict(), root / "r20.pth")
     url = f"{base}/r20.pth"
@@ -217,7 +217,7 @@ def test_url_in_torchvision_and_timm_format(server, tmp_path, monkeypatch) -> No
     import torchvision
 
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     for prefix, ref in (("tv", torchvision.models.resnet18()), ("timm", timm.create_model("resnet18"))):
         randomize_norm_stats(ref).eval()
         path = root / f"{prefix}_resnet18.pth"
@@ -231,7 +231,7 @@ def test_url_in_torchvision_and_timm_format(server, tmp_path, monkeypatch) -> No
 
 def test_wrong_sha256_is_refused_and_nothing_is_kept(server, tmp_path, monkeypatch) -> None:
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     resnetkit.save_state_dict(_model().state_dict(), root / "r20.pth")
     with pytest.raises(resnetkit.WeightsError, match="sha256 mismatch .*expected 0{64}, got [0-9a-f]{64}"):
         resnetkit.create_model("resnet20", weights=f"{base}/r20.pth", weights_sha256="0" * 64)
@@ -240,7 +240,7 @@ def test_wrong_sha256_is_refused_and_nothing_is_kept(server, tmp_path, monkeypat
 
 def test_url_without_hash_or_server_gives_clear_errors(server, tmp_path, monkeypatch) -> None:
     base, _ = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     with pytest.raises(resnetkit.WeightsError, match="no sha256 given"):
         resnetkit.create_model("resnet20", weights=f"{base}/r20.pth")
     with pytest.raises(resnetkit.WeightsError, match=r"cannot download .*offline, put the file at .*r20\.pth"):
@@ -249,7 +249,7 @@ def test_url_without_hash_or_server_gives_clear_errors(server, tmp_path, monkeyp
 
 def test_interrupted_download_is_resumed_with_a_range_request(tmp_path, monkeypatch) -> None:
     """A server that drops the first transfer half-way, then honours Range: the second call completes it."""
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     blob = resnetkit.save_state_dict(_model().state_dict(), tmp_path / "r20.pth").read_bytes()
     ranges: list[str | None] = []
 
@@ -285,7 +285,7 @@ def test_interrupted_download_is_resumed_with_a_range_request(tmp_path, monkeypa
 
 def test_corrupt_cached_file_is_downloaded_again(server, tmp_path, monkeypatch) -> None:
     base, root = server
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     file = resnetkit.save_state_dict(_model().state_dict(), root / "r20.pth")
     cached = tmp_path / "home" / "weights" / "r20.pth"
     cached.parent.mkdir(parents=True)
@@ -297,7 +297,7 @@ def test_corrupt_cached_file_is_downloaded_again(server, tmp_path, monkeypatch) 
 def test_corrupt_cached_registry_file_offline_is_a_clear_error(tmp_path, monkeypatch) -> None:
     from resnetkit.weights.registry import get_weights
 
-    monkeypatch.setenv("RESNETKIT_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RESNETKIT_HOME", str(pin_precision(tmp_path / "home")))
     monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
     entry = get_weights("resnet18.tv_in1k")
     cached = tmp_path / "home" / "weights" / entry.url.rsplit("/", 1)[-1]

@@ -53,6 +53,12 @@ FINETUNE_KEYS = ("weights", "finetune", "trainable_stages", "backbone_lr_mult", 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help="train a model (YAML recipe and/or flags)")
     add_run_arguments(p)
+    # not in add_run_arguments: `finetune` declares its own (required) --weights
+    p.add_argument(
+        "--weights",
+        help="start from these weights (registered name, file or URL); detection: backbone weights, or COCO weights "
+        "for the whole detector but its class layers",
+    )
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:

@@ -79,10 +79,20 @@ class BatchLoader:
                 x = self.preprocessing.train_batch(images, gen, part)
             else:
                 x = self.preprocessing.eval_batch(images, self.memory_format)
-            yield x.to(self.device, self.dtype, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield to_device(x, self.device, self.dtype), to_device(labels, self.device)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
+
+
+def to_device(batch: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`batch` on `device` (in `dtype`). A host batch bound for a GPU is first pinned (page-locked): from pageable
+    memory the driver stages the copy through a pinned buffer of its own and may first wait for the GPU's queued work
+    (the previous training step); from pinned memory the copy is queued like a kernel (non_blocking) and the host
+    goes on to prepare the next batch while the GPU computes. Nothing is pinned for the CPU (it would add a copy)."""
+    if device.type == "cuda" and batch.device.type == "cpu" and not batch.is_pinned():
+        batch = batch.pin_memory()
+    return batch.to(device, dtype, non_blocking=True)
 
 
 def mix_seed(*values: int) -> int:

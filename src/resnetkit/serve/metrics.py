@@ -1,6 +1,6 @@
 """The service's Prometheus metrics (prometheus_client, one registry per app): requests and errors by endpoint
-and status, request latency, images per forward pass (the batches dynamic batching forms), time queued, forward
-time and the queue depth."""
+and status, requests in progress, request latency, images per forward pass (the batches dynamic batching forms),
+time queued, forward time and the queue depth."""
 
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ class ServiceMetrics:
                                    buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
         self.forward = prom.Histogram("resnetkit_forward_seconds", "Forward pass time", buckets=LATENCY_BUCKETS,
                                       registry=r)  # fmt: skip
+        self.in_progress = prom.Gauge(
+            "resnetkit_requests_in_progress", "Requests being answered", ["endpoint"], registry=r
+        )
         depth = prom.Gauge("resnetkit_queue_depth", "Images waiting for a forward pass", registry=r)
         depth.set_function(queue_depth)
         self.content_type = prom.CONTENT_TYPE_LATEST
@@ -45,12 +48,14 @@ class ServiceMetrics:
         """Times a request and counts it by the status it ends with (a RequestError's, 500 for anything else);
         the body calls the yielded function with the number of images it answered."""
         start, status = time.perf_counter(), "200"
+        self.in_progress.labels(endpoint).inc()
         try:
             yield self.images.inc
         except Exception as e:
             status = str(getattr(e, "status", 500))
             raise
         finally:
+            self.in_progress.labels(endpoint).dec()
             self.requests.labels(endpoint, status).inc()
             self.latency.labels(endpoint).observe(time.perf_counter() - start)
 
