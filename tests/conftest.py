@@ -1,8 +1,9 @@
 """Shared helpers. Under CI (any truthy CI: true/1/yes/on) a missing test dependency or data set fails, not skips.
 
 The whole session runs with its own RESNETKIT_HOME (a temporary folder, never the user's ~/.cache), and in it a
-pinned precision decision: a run that says neither --amp nor --no-amp trains in fp32 on every machine, instead of
-following this CPU's bf16 timing (`engine.device.bf16_speedup`), so no test's numbers depend on a measurement.
+pinned precision decision: a run that says neither --amp nor --no-amp trains in bf16 autocast on every machine,
+instead of following this CPU's bf16 timing (`engine.device.bf16_speedup`), so no test's numbers depend on a
+measurement.
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     return model
 
 
-# The speedup the session's cache records for this CPU: below engine.device.BF16_MIN_SPEEDUP, so the default is fp32.
-PINNED_BF16_SPEEDUP = 1.0
+# The speedup the session's cache records for this CPU: above engine.device.BF16_MIN_SPEEDUP, so a run that names
+# no precision trains in bf16 autocast on every machine, as it does by default on both CPUs this project has met
+# (Intel with AMX, AMD Zen 5 with AVX-512 bf16: measured 1.6x here), whatever this machine's own timing says.
+PINNED_BF16_SPEEDUP = 2.0
 _SESSION_HOME: Path | None = None
 
 

@@ -28,13 +28,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--sync-bn", action="store_true")
     parser.add_argument("--float64", action="store_true", help="compare algorithms, not fp32 noise")
+    parser.add_argument("--widths", type=int, nargs=3, default=[16, 32, 64], help="ResNet-20's stage widths")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     with distributed.process_group("cpu") as env:
         torch.manual_seed(0)
         dtype = torch.float64 if args.float64 else torch.float32
-        model = create_model("resnet20", num_classes=10).to(dtype)
+        model = create_model("resnet20", num_classes=10, widths=args.widths).to(dtype)
         if args.sync_bn:
             model = distributed.convert_sync_batchnorm(model, "cpu")
         forward = speed_up_for_training(

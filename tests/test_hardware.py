@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import procs
 
 PROBE = """
 import json, resource, torch
@@ -32,8 +33,8 @@ PAGES = 64 * 2**20 // 4096
 def _probe(**env: str) -> dict:
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "RESNETKIT_KEEP_FREED_MEMORY")}  # fmt: skip
-    out = subprocess.run([sys.executable, "-c", PROBE], env={**clean, **env}, capture_output=True, text=True,
-                         check=True, timeout=120)  # fmt: skip
+    out = procs.run([sys.executable, "-c", PROBE], timeout=120, env={**clean, **env})
+    assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

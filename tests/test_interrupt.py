@@ -2,7 +2,8 @@
 
 The first Ctrl-C finishes the step, saves last.pt and exits 130 with one line saying how to resume; the resumed run
 ends with the weights of an uninterrupted one. A second Ctrl-C stops at once. (Several processes under torchrun:
-tests/test_distributed.py.) Every process started here is killed in a `finally` if it is still running.
+tests/test_distributed.py.) Every process started here is reaped in a `finally` (procs) if it is still running;
+the runs that are not interrupted run in this process.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import pytest
 import torch
 
 from resnetkit.checkpoint import load_checkpoint
+from resnetkit.cli.main import main
 
 import faults
+import procs
 from conftest import REPO, wait_for_file
 
 FAULTS = Path(faults.__file__)
 RUN = ["--data", "sample", "--no-progress", "--batch-size", "32", "--threads", "1", "--test-subset", "100"]
 RUN += ["--train-subset", "640", "--epochs", "3"]  # 20 steps an epoch, 60 in all
+RUN += ["--set", "model_kwargs={widths: [8, 16, 32]}"]  # a narrow ResNet-20: the steps are what is tested
 TOTAL_STEPS = 60
 HANG_GUARD_S = 300  # only a hang meets these bounds: waits end when the awaited thing happens
 
@@ -41,22 +45,20 @@ def _start(tmp_path: Path, *cmd: str, **env: str) -> subprocess.Popen:
     """Start `cmd` (stdout, stderr into files of tmp_path, never a pipe that could fill up while nobody reads it)."""
     out, err = (open(tmp_path / name, "w") for name in ("stdout.txt", "stderr.txt"))
     with out, err:
-        return subprocess.Popen(cmd, stdout=out, stderr=err, env={**_env(), **env}, cwd=REPO)
+        return procs.start(list(cmd), stdout=out, stderr=err, env={**_env(), **env}, cwd=REPO)
 
 
 def _stderr(tmp_path: Path) -> str:
     return (tmp_path / "stderr.txt").read_text()
 
 
-def _reap(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-
-
-def _train(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "resnetkit", "-q", "train", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=REPO, timeout=HANG_GUARD_S)
+def _train(*args: str) -> int:
+    """`resnetkit train ARGS` in this process (the runs the test does not interrupt need no process of their own)."""
+    threads = torch.get_num_threads()
+    try:
+        return main(["-q", "train", *args])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _metrics(run: Path) -> list[dict]:
@@ -68,8 +70,7 @@ def _metrics(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_ctrl_c_from_outside_stops_after_the_step_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
-    result = _train(*RUN, "--checkpoint-every", "5", "--out", str(straight))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert _train(*RUN, "--checkpoint-every", "5", "--out", str(straight)) == 0
     proc = _start(tmp_path, sys.executable, "-m", "resnetkit", "-q", "train", *RUN, "--checkpoint-every", "5",
                   "--out", str(split))  # fmt: skip
     try:
@@ -77,7 +78,7 @@ def test_ctrl_c_from_outside_stops_after_the_step_and_resumes_to_the_same_weight
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=HANG_GUARD_S) == 130, _stderr(tmp_path)[-2000:]
     finally:
-        _reap(proc)
+        procs.reap(proc)
     lines = _stderr(tmp_path).strip().splitlines()
     assert len(lines) == 1, lines  # one line, no traceback
     last = split / "checkpoints" / "last.pt"
@@ -89,8 +90,7 @@ def test_ctrl_c_from_outside_stops_after_the_step_and_resumes_to_the_same_weight
     assert message, lines[0]
     epoch, step = int(message[1]), int(message[2])
     assert 5 <= step < TOTAL_STEPS and load_checkpoint(last)["step"] == step and epoch == (step - 1) // 20 + 1
-    result = _train("--resume", str(split), "--no-progress")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert _train("--resume", str(split), "--no-progress") == 0
     a, b = (torch.load(run / "checkpoints" / "last.pt", weights_only=True) for run in (straight, split))
     assert a["step"] == b["step"] == TOTAL_STEPS
     assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])] == []
@@ -118,9 +118,8 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
                 break
         assert proc.poll() == 130, f"exit status {proc.poll()} (None: still running) after a second Ctrl-C"
     finally:
-        _reap(proc)
+        procs.reap(proc)
     assert _stderr(tmp_path).strip().splitlines() == ["resnetkit: interrupted"]
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 4
-    result = _train("--resume", str(run), "--no-progress")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert _train("--resume", str(run), "--no-progress") == 0
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 6

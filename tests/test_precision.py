@@ -4,7 +4,6 @@ on resume. fp16 autocast and torch.amp.GradScaler both run on the CPU, so the sc
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,12 @@ from resnetkit.engine.device import autocast_dtype, make_grad_scaler
 from resnetkit.export.int8 import has_vnni
 
 import faults
+import procs
 from conftest import require_program
 
 RUN = ["-q", "train", "--no-progress", "--batch-size", "32", "--train-subset", "128", "--threads", "2", "--epochs", "2"]
+# 4 steps an epoch; fp16 autocast is slow on a CPU: a narrow ResNet-20, and each epoch scores 64 images
+RUN += ["--test-subset", "64", "--set", "model_kwargs={widths: [8, 16, 32]}"]
 FP16 = ["--amp", "--amp-dtype", "float16"]
 
 
@@ -176,7 +178,7 @@ def test_the_cpu_is_named_and_its_flags_read_as_lscpu_shows_them() -> None:
     """The bf16 cache key starts with the CPU's model name and lists exactly the bf16/AMX flags lscpu shows; the
     int8 export's VNNI check agrees with lscpu's flags."""
     lscpu = [require_program("lscpu")]
-    text = subprocess.run(lscpu, capture_output=True, text=True, check=True, env={"LC_ALL": "C"}).stdout
+    text = procs.run(lscpu, timeout=60, env={"LC_ALL": "C"}).stdout
     fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in text.splitlines())}
     flags = set(fields.get("Flags", "").split())
     signature = device.cpu_signature()

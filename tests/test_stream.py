@@ -9,7 +9,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from resnetkit.models import create_model
 from resnetkit.transforms import preprocessing_for
 
 import faults
+import procs
 from conftest import REPO, shared_data
 
 WORKER = Path(__file__).with_name("stream_worker.py")
@@ -109,7 +109,7 @@ def test_each_image_once_per_epoch_across_two_torchrun_processes(folder: Path, t
         "OMP_NUM_THREADS": "1",
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
     }
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+    proc = procs.run(cmd, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
     seen = ranks[0]["files"] + ranks[1]["files"]

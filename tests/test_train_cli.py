@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from resnetkit.cli.main import main
 from resnetkit.engine import runner
 
 import faults
+import procs
 from conftest import REPO, confusion_from_predictions, shared_data
 
 FAULTS = Path(faults.__file__)
@@ -145,8 +145,7 @@ def test_resume_gives_identical_weights(tmp_path: Path, capsys, monkeypatch, sto
 
 def test_interrupt_exit_code_in_a_real_process(tmp_path: Path) -> None:
     env = {**os.environ, "FAULT_SIGINT_AT": "2"}  # a real SIGINT after step 2
-    proc = subprocess.run([sys.executable, str(FAULTS), "train", "--out", str(tmp_path / "r"), *TINY],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=300)  # fmt: skip
+    proc = procs.run([sys.executable, str(FAULTS), "train", "--out", str(tmp_path / "r"), *TINY], env=env, cwd=REPO)
     assert proc.returncode == 130
     assert proc.stderr.strip().splitlines()[-1].startswith("resnetkit: interrupted at epoch 1, step 2; checkpoint")
     assert "Traceback" not in proc.stderr
@@ -223,3 +222,16 @@ def test_validation_split_early_stopping_and_regularisers(tmp_path: Path, capsys
     assert info["datasets"]["val"]["n"] == 200 and info["datasets"]["train"]["n"] == 128
     ckpt = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert ckpt["epoch"] == max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], -i)) + 1
+
+
+def test_resume_with_more_max_steps_takes_them_after_a_ragged_epoch(tmp_path: Path, keep_threads) -> None:
+    """A run stopped by --max-steps 3 in its first epoch of 10 steps closes that ragged epoch; resumed with
+    --max-steps 5 it takes steps 4 and 5 in the next epoch (it once took none: 5 steps "fit" in one epoch)."""
+    run = tmp_path / "run"
+    args = ["-q", "train", "--data", "sample", "--no-progress", "--batch-size", "32", "--train-subset", "320"]
+    args += ["--test-subset", "32", "--threads", "1", "--no-amp", "--set", "model_kwargs={widths: [8, 16, 32]}"]
+    assert main([*args, "--max-steps", "3", "--out", str(run)]) == 0
+    assert main(["-q", "train", "--resume", str(run), "--max-steps", "5", "--no-progress"]) == 0
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 5
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["epoch"], r["step"]) for r in rows] == [(1, 3), (2, 5)]

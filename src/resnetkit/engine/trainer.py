@@ -174,6 +174,10 @@ class Trainer:
             self.ema.load_state_dict(ckpt["ema"])
         self.folder.rewrite_metrics(ckpt["history"])
         self.state = TrainState.from_checkpoint(ckpt)
+        # a run stopped by --max-steps closed its ragged last epoch: the steps a higher --max-steps adds begin the
+        # next one, which ceil(total_steps / steps_per_epoch) epochs may not count (16 of 31 steps, then 19)
+        left = max(0, self.total_steps - self.state.step)
+        self.epochs = max(self.epochs, self.state.epoch + math.ceil(left / self.steps_per_epoch))
         log.info("resuming %s at epoch %d, step %d", self.folder.path, self.state.epoch + 1, self.state.step)
 
     # --- the loop --------------------------------------------------------------------------------------------
