@@ -305,10 +305,9 @@ def test_distributed_evaluation_counts_each_test_image_once(tmp_path: Path, npro
     """2 and 3 processes (10,000 is not divisible by 3): the test metrics cover 10,000 images, as one process."""
     data = shared_data("cifar-10-batches-bin")
     run = tmp_path / "run"
-    result = torchrun(
-        nproc, "-m", "resnetkit", "train", "--data", "cifar10", "--data-dir", str(data), "--train-subset", "480",
-        "--batch-size", "48", "--max-steps", "4", "--out", str(run), "--no-progress",
-    )  # fmt: skip
+    args = ["train", "--data", "cifar10", "--data-dir", str(data), "--train-subset", "480", "--batch-size", "48"]
+    args += ["--max-steps", "4", "--out", str(run), "--no-progress", "--set", f"model_kwargs={{{NARROW}}}"]
+    result = torchrun(nproc, "-m", "resnetkit", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["test_n"] == 10_000
