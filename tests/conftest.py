@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -208,3 +208,28 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     int8 = ["--int8", "--data", "cifar10", "--data-dir", cifar, "--out", str(files["int8"])]
     assert main(["-q", "export", "--checkpoint", weights, *int8]) == 0
     return files
+
+
+@pytest.fixture(scope="session")
+def cifar10_eval() -> Callable[..., dict]:
+    """`resnetkit eval --checkpoint NAME --data cifar10 --json --no-compile [FLAGS]` on all 10,000 CIFAR-10 test
+    images, each (NAME, FLAGS) evaluated once per session: the export and pretrained tests read the same numbers of
+    the shipped weights."""
+    import contextlib
+    import io
+
+    from resnetkit.cli.main import main
+
+    data = str(shared_data("cifar-10-batches-bin"))
+    done: dict[tuple[str, ...], dict] = {}
+
+    def evaluate(name: str, *flags: str) -> dict:
+        if (name, *flags) not in done:
+            out = io.StringIO()
+            args = ["-q", "eval", "--checkpoint", name, "--data", "cifar10", "--data-dir", data, "--json"]
+            with contextlib.redirect_stdout(out):
+                assert main([*args, "--no-compile", *flags]) == 0
+            done[(name, *flags)] = json.loads(out.getvalue())
+        return done[(name, *flags)]
+
+    return evaluate

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from resnetkit.engine.trainer import RunResult, StepCallback, StepInfo
 
@@ -66,6 +67,26 @@ def with_callbacks(callbacks: list[StepCallback]) -> Callable[..., RunResult]:
     from resnetkit.engine import runner
 
     return functools.partial(runner.run_training, callbacks=callbacks)
+
+
+def straight_and_resumed(run: list[str], folder: Path, monkeypatch, stop_at: int = 3) -> tuple[dict, dict, dict]:
+    """`resnetkit RUN` (in this process) twice: once straight through, once stopped by a real SIGINT after step
+    `stop_at` (exit 130) and resumed. The last checkpoints of the straight run, of the stopped one before it was
+    resumed, and of the resumed one."""
+    import torch
+
+    from resnetkit.cli.main import main
+    from resnetkit.engine import runner
+
+    straight, split = folder / "straight", folder / "split"
+    assert main([*run, "--out", str(straight)]) == 0
+    with monkeypatch.context() as patch:
+        patch.setattr(runner, "run_training", with_callbacks([sigint_at(stop_at)]))
+        assert main([*run, "--out", str(split)]) == 130
+    stopped = torch.load(split / "checkpoints" / "last.pt", weights_only=True)
+    assert main(["-q", "train", "--resume", str(split), "--no-progress"]) == 0
+    last = (torch.load(r / "checkpoints" / "last.pt", weights_only=True) for r in (straight, split))
+    return next(last), stopped, next(last)
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnetkit.cli.main import main
 from resnetkit.data.cifar import load_sample
 from resnetkit.data.loader import BatchLoader
 from resnetkit.data.stream import StreamingFolder, StreamLoader, transforms_for
-from resnetkit.engine import runner
 from resnetkit.engine.fastpath import CompiledOrEager, speed_up_for_inference, speed_up_for_training
 from resnetkit.engine.loop import train_step
 from resnetkit.models import create_model
@@ -163,18 +161,11 @@ def test_fp16_run_on_cuda_scales_the_loss_and_resumes_exactly(
 ) -> None:
     """As test_precision's CPU test, on the GPU: stopped by a real SIGINT after step 3 and resumed, an fp16 run ends
     with the weights (bit for bit) and the loss-scaler state of the run that was never stopped."""
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main([*RUN, *FP16, "--out", str(straight)]) == 0
-    with monkeypatch.context() as patch:
-        patch.setattr(runner, "run_training", faults.with_callbacks([faults.sigint_at(3)]))
-        assert main([*RUN, *FP16, "--out", str(split)]) == 130
-    stopped = _ckpt(split)
+    a, stopped, b = faults.straight_and_resumed([*RUN, *FP16], tmp_path, monkeypatch)
     assert stopped["step"] == 3 and stopped["scaler"]["scale"] > 0  # an enabled scaler's state was saved
-    assert main(["-q", "train", "--resume", str(split), "--no-progress"]) == 0
-    a, b = _ckpt(straight), _ckpt(split)
     assert a["step"] == b["step"] == 8
     assert (a["config"]["device"], a["config"]["amp"], a["config"]["amp_dtype"]) == ("cuda", True, "float16")
-    assert json.loads((straight / "run.json").read_text())["device"] == "cuda:0"
+    assert json.loads((tmp_path / "straight" / "run.json").read_text())["device"] == "cuda:0"
     assert a["scaler"] == b["scaler"] and {"scale", "_growth_tracker"} <= a["scaler"].keys()
     # the scaler counted every step: 8 steps at the initial scale, or fewer since it backed off after an overflow
     scale, counted = a["scaler"]["scale"], a["scaler"]["_growth_tracker"]

@@ -80,9 +80,9 @@ def test_exported_files_describe_themselves(exported) -> None:
     assert exported["int8"].stat().st_size < 0.4 * exported["onnx"].stat().st_size  # int8 weights: a quarter
 
 
-def test_eval_on_every_format_gives_the_checkpoints_top1(exported, cifar, capsys) -> None:
+def test_eval_on_every_format_gives_the_checkpoints_top1(exported, cifar, capsys, cifar10_eval) -> None:
     """All 10,000 test images: fp32 ONNX and .pt2 score what the weights score; int8 within 0.5 points."""
-    ref = _eval(capsys, WEIGHTS, cifar)
+    ref = cifar10_eval(WEIGHTS)
     for kind in ("onnx", "pt2", "int8"):
         res = _eval(capsys, exported[kind], cifar)
         assert res["n"] == 10_000 and res["classes"] == ref["classes"]

@@ -53,15 +53,8 @@ def test_the_loss_scaler_is_enabled_for_fp16_only() -> None:
 def test_fp16_run_scales_the_loss_and_resumes_exactly(tmp_path: Path, monkeypatch) -> None:
     """Stopped by a real SIGINT after step 3 and resumed, an fp16 run ends with the weights and loss-scaler state
     of the run that was never stopped; every step went through the scaler (its growth tracker counts them)."""
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    assert main([*RUN, *FP16, "--out", str(straight)]) == 0
-    with monkeypatch.context() as patch:
-        patch.setattr(runner, "run_training", faults.with_callbacks([faults.sigint_at(3)]))
-        assert main([*RUN, *FP16, "--out", str(split)]) == 130
-    stopped = _ckpt(split)
+    a, stopped, b = faults.straight_and_resumed([*RUN, *FP16], tmp_path, monkeypatch)
     assert stopped["step"] == 3 and stopped["scaler"]["_growth_tracker"] == 3
-    assert main(["-q", "train", "--resume", str(split), "--no-progress"]) == 0
-    a, b = _ckpt(straight), _ckpt(split)
     assert a["step"] == b["step"] == 8
     assert a["scaler"] == b["scaler"] and a["scaler"]["scale"] == 2.0**16 and a["scaler"]["_growth_tracker"] == 8
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])

@@ -13,7 +13,7 @@ from resnetkit.cli.main import main
 from resnetkit.weights import sha256_file
 from resnetkit.weights.registry import SHIPPED, get_weights, list_weights
 
-from conftest import pin_precision, shared_data
+from conftest import pin_precision
 
 
 @pytest.fixture(autouse=True)
@@ -35,16 +35,12 @@ SHIPPED_NAMES = [e.name for e in list_weights() if e.shipped]
 
 
 @pytest.mark.parametrize("name", SHIPPED_NAMES)
-def test_shipped_weights_score_their_registered_top1_on_all_test_images(name: str, capsys) -> None:
+def test_shipped_weights_score_their_registered_top1_on_all_test_images(name: str, cifar10_eval) -> None:
     """`resnetkit eval` on the 10,000 CIFAR-10 test images, single view and with flip TTA, gives the numbers the
     registry (and the README) state; the entry says how the weights were made."""
-    data = shared_data("cifar-10-batches-bin")
     entry = get_weights(name)
     for flags, key in (([], "cifar10_test_top1"), (["--tta-flip"], "cifar10_test_top1_flip_tta")):
-        code = main(["-q", "eval", "--checkpoint", name, "--data", "cifar10", "--data-dir", str(data), "--json",
-                     "--no-compile", *flags])  # fmt: skip
-        assert code == 0
-        res = json.loads(capsys.readouterr().out)
+        res = cifar10_eval(name, *flags)
         assert res["n"] == 10_000 and res["top1"] == pytest.approx(entry.metrics[key], abs=2e-4)  # a tie may flip
     assert entry.metrics["cifar10_test_top1_flip_tta"] > entry.metrics["cifar10_test_top1"]
     assert {"recipe", "seed", "command", "cpu", "precision", "minutes"} <= set(entry.training)
