@@ -68,10 +68,12 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    """A small Faster R-CNN run, in float32: on this AMD EPYC (Zen 5, no AMX) its step measured 1.2x faster in
+    float32 than in bf16 (a ResNet classifier's is 1.6x faster in bf16)."""
     return ["train", "--task", "detection", "--data", "coco", "--data-dir", str(data), "--model", "resnet18",
             "--detector", "fasterrcnn", "--img-size", "128", "--batch-size", "4", "--lr", "0.01", "--threads", "2",
             "--no-progress", "--out", str(out), "--set", f"model_kwargs={json.dumps(SMALL)}", "--set", "warmup_steps=6",
-            "--set", "grad_clip=10.0", *extra]  # fmt: skip
+            "--set", "grad_clip=10.0", "--no-amp", *extra]  # fmt: skip
 
 
 def _break(root: Path, how: str) -> None:

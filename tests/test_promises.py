@@ -87,6 +87,7 @@ def test_eval_tta_flip_averages_the_logits_of_the_image_and_its_mirror(by_hand, 
     preds = predict_split(WEIGHTS, "sample", tta_flip=True, progress=False, compile=False)
     assert torch.equal(preds.labels, labels)
     torch.testing.assert_close(preds.logits, tta, atol=1e-4, rtol=0)  # folded BatchNorm: within 1e-4
+    assert (preds.single_view_preds != plain.argmax(1)).sum() <= 1  # the same pass gives the image alone's class
     plain_preds = predict_split(WEIGHTS, "sample", tta_flip=False, progress=False, compile=False)
     torch.testing.assert_close(plain_preds.logits, plain, atol=1e-4, rtol=0)
 
@@ -102,6 +103,10 @@ def test_eval_tta_flip_averages_the_logits_of_the_image_and_its_mirror(by_hand, 
     assert res["tta_flip"] is True and res["n"] == 500 and abs(res["top1"] * 500 - right) <= 1  # a tie may flip
     assert res["loss"] == pytest.approx(F.cross_entropy(tta, labels).item(), rel=1e-4)
     assert abs(F.cross_entropy(plain, labels).item() - res["loss"]) > 0.01  # not the single view's loss
+    alone = int((plain.argmax(1) == labels).sum())
+    assert abs(res["single_view_top1"] * 500 - alone) <= 1 and alone != right  # the image alone's, not the TTA's
+    assert "single_view_top1" not in json.loads(cli(capsys, "eval", "--checkpoint", WEIGHTS, "--data", "sample",
+                                                    "--json")[1])  # fmt: skip
 
 
 # --- checkpoints carrying pickled code are refused by eval, predict and train --resume --------------------------

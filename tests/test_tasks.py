@@ -14,7 +14,7 @@ from resnetkit.tasks import create_detector, create_segmenter
 
 from conftest import randomize_norm_stats, shared_data
 
-SMALL = {"min_size": 256, "max_size": 384, "box_score_thresh": 0.0}  # random weights score low: keep every box
+SMALL = {"min_size": 160, "max_size": 240, "box_score_thresh": 0.0}  # random weights score low: keep every box
 TORCHVISION = {
     "fasterrcnn": detection.fasterrcnn_resnet50_fpn, "fasterrcnn_v2": detection.fasterrcnn_resnet50_fpn_v2,
     "retinanet": detection.retinanet_resnet50_fpn, "retinanet_v2": detection.retinanet_resnet50_fpn_v2,

@@ -65,8 +65,16 @@ def evaluate_checkpoint(
         **preds.info,  # data, the split actually scored, source and `scored` (which images, in words)
         "requested_split": split,
         "tta_flip": tta_flip,
+        **_single_view(preds),
         "checkpoint": str(checkpoint),
     }
+
+
+def _single_view(preds: Predictions) -> dict[str, float]:
+    """With flip TTA, the top-1 of the image alone, from the same pass (`top1` is the TTA's)."""
+    if preds.single_view_preds is None:
+        return {}
+    return {"single_view_top1": float(preds.single_view_preds.eq(preds.labels).double().mean())}
 
 
 def predict_split(
@@ -107,13 +115,13 @@ def predict_split(
     loader = loader_for(ds, pre, workers=stream_workers(workers), strict=False, batch_size=batch_size, train=False,
                         memory_format=loaded.memory_format)  # fmt: skip
     with host_threads(model):
-        logits, labels = collect_logits(model, loader, tta_flip=tta_flip)
+        logits, labels, single = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
     left_out = set(getattr(loader, "skipped", ()))  # streamed: unreadable files found on the way
     ids = [f for i, f in enumerate(ds.info["files"]) if i not in left_out] if data == "folder" else None
     images = center_crop(ds.images, pre.size) if keep_images and not stream else None  # as the model sees them
     return Predictions(logits, labels, classes, ids if ids is not None else [str(i) for i in range(len(ds))], images,
-                       _scored(ds, data, trained_on))  # fmt: skip
+                       _scored(ds, data, trained_on), single)  # fmt: skip
 
 
 def _stream_split(

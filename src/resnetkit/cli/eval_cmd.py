@@ -49,6 +49,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"scored {res['n']} images: {res['scored']}")
     print(f"{res['data']} {res['split']}: top1 {100 * res['top1']:.2f}%  top5 {100 * res['top5']:.2f}%  "
           f"loss {res['loss']:.4f}  n {res['n']}")  # fmt: skip
+    if "single_view_top1" in res:
+        print(f"flip TTA: top1 {100 * res['top1']:.2f}% (the image alone: {100 * res['single_view_top1']:.2f}%)")
     print(f"macro F1 {percent(res['macro_f1'])}  ECE {percent(res['ece'])} ({res['ece_bins']} bins)")
     width = max(len(c) for c in res["classes"])
     print(f"  {'class':<{width}}  {'acc':>6}  {'prec':>6}  {'F1':>6}")

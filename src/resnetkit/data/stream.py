@@ -26,8 +26,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
-from torchvision.io import ImageReadMode, decode_jpeg, read_file
-from torchvision.transforms import RandomResizedCrop, v2
 
 from resnetkit.data.folder import (
     _FULL_SCALE,
@@ -72,6 +70,8 @@ class StreamTransform:
         """photo (uint8, 3 x H x W) -> the view the model sees (uint8, 3 x size x size)."""
         if not self.train:
             return self._eval_view
+        from torchvision.transforms import v2  # torchvision's import costs ~1.4 s: only the paths that use it pay
+
         extra: list[Any] = {"none": [], "trivial": [v2.TrivialAugmentWide()], "rand": [v2.RandAugment()],
                             "auto": [v2.AutoAugment()]}[self.policy]  # fmt: skip
         if self.erasing:
@@ -82,6 +82,8 @@ class StreamTransform:
     def _train_view(self, photo: torch.Tensor) -> torch.Tensor:
         """torchvision's RandomResizedCrop (its parameter draw) and a horizontal flip. The resize runs on a
         channels-last uint8 crop: PyTorch's antialiased uint8 kernel is ~4x faster there than on a CHW view."""
+        from torchvision.transforms import RandomResizedCrop
+
         i, j, h, w = RandomResizedCrop.get_params(photo, list(self.rrc_scale), [3 / 4, 4 / 3])
         view = _resized(photo[:, i : i + h, j : j + w], (self.size, self.size))
         return view.flip(-1) if bool(torch.rand(1) < 0.5) else view
@@ -119,6 +121,8 @@ def read_photo(path: str | Path, draft_side: int) -> torch.Tensor:
             if im.format == "JPEG":
                 im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
             return _pil_to_tensor(ImageOps.exif_transpose(im))
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
     try:
         with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated (for TorchCodec)
             warnings.simplefilter("ignore", DeprecationWarning)

@@ -29,6 +29,7 @@ class Predictions:
     ids: list[str]
     images: torch.Tensor | None = None
     info: dict[str, str] = field(default_factory=dict)
+    single_view_preds: torch.Tensor | None = None  # flip TTA: the unflipped image's class, for the TTA gain
 
     def __len__(self) -> int:
         return self.labels.shape[0]
@@ -48,7 +49,8 @@ class Predictions:
         """The predictions at `index` (a tensor of positions), e.g. one half for temperature fitting."""
         images = self.images[index] if self.images is not None and with_images else None
         ids = [self.ids[i] for i in index.tolist()]
-        return Predictions(self.logits[index], self.labels[index], self.classes, ids, images, dict(self.info))
+        single = self.single_view_preds[index] if self.single_view_preds is not None else None
+        return Predictions(self.logits[index], self.labels[index], self.classes, ids, images, dict(self.info), single)
 
     def to_eval_result(self) -> EvalResult:
         """The aggregate metrics `engine.loop.evaluate` reports, computed from the kept logits."""
@@ -88,18 +90,21 @@ def _macro(values: torch.Tensor, has_samples: torch.Tensor) -> float | None:
 @torch.no_grad()
 def collect_logits(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], *, tta_flip: bool = False
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits float32 (N, C), labels (N,)) on the CPU for every batch, in order, with the model in eval mode."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(logits float32 (N, C), labels (N,), single-view classes (N,) or None) on the CPU for every batch, in order,
+    with the model in eval mode. With `tta_flip` the logits are the mean of the image's and its mirror's, and the
+    third item is the class the image alone gives (one pass yields both the TTA and the single-view accuracy)."""
     was_training = model.training
     model.eval()
-    outs, labels = [], []
+    outs, labels, single = [], [], []
     for x, y in batches:
         logits = model(x).float()
         if tta_flip:
+            single.append(logits.argmax(1).cpu())
             logits = (logits + model(x.flip(-1)).float()) / 2
         outs.append(logits.cpu())
         labels.append(y.cpu())
     model.train(was_training)
     if not outs:
         raise ValueError("evaluation saw no images")
-    return torch.cat(outs), torch.cat(labels)
+    return torch.cat(outs), torch.cat(labels), torch.cat(single) if single else None
