@@ -329,8 +329,9 @@ def test_the_page_in_a_real_browser(server, images, tmp_path, monkeypatch) -> No
 
     options = webdriver.ChromeOptions()
     options.binary_location = require_program("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800"):
-        options.add_argument(flag)
+    quiet = ("--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1100,800", *quiet):
+        options.add_argument(flag)  # quiet: no look-ups of Google's hosts, which this closed network refuses
     service = webdriver.ChromeService(executable_path=require_program("chromedriver"))
     driver = webdriver.Chrome(options=options, service=service)
     try:
