@@ -112,6 +112,21 @@ def test_a_copied_checkpoint_without_its_run_folder_still_knows_its_training_fol
     assert _eval(capsys, folders.run, folders.own)["n"] == len(recorded)
 
 
+def test_exported_files_score_the_held_out_images_their_checkpoint_scores(folders: Folders, capsys, tmp_path) -> None:
+    """An exported file keeps its checkpoint's data provenance: `eval` of the .onnx, int8 .onnx and .pt2 files on the
+    training folder scores exactly the held-out images the checkpoint scores, and says it is that folder."""
+    recorded = json.loads((folders.run / "run.json").read_text())["datasets"]["test"]["held_out"]
+    files = {"onnx": tmp_path / "m.onnx", "int8": tmp_path / "m8.onnx", "pt2": tmp_path / "m.pt2"}
+    for kind, extra in (("onnx", []), ("int8", ["--int8", "--data", "folder", "--data-dir", str(folders.own)]),
+                        ("pt2", ["--format", "pt2"])):  # fmt: skip
+        assert main(["-q", "export", "--checkpoint", str(folders.run), *extra, "--out", str(files[kind])]) == 0, kind
+    for kind, file in files.items():
+        preds = predict_split(file, "folder", str(folders.own), progress=False, compile=False)
+        assert preds.ids == recorded, kind  # the same images, none the model trained on
+        assert "the checkpoint's own training folder" in preds.info["scored"], kind
+        assert _eval(capsys, file, folders.own)["n"] == len(recorded)
+
+
 def test_split_all_scores_every_image_of_the_training_folder(folders: Folders, capsys) -> None:
     res = _eval(capsys, folders.run, folders.own, "--split", "all")
     assert res["n"] == len(_files(folders.own)) == 2 * OWN_PER_CLASS and res["split"] == "all"

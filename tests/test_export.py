@@ -282,35 +282,74 @@ def test_int8_calibration_holds_one_batch_of_activations_at_a_time(cifar, monkey
     assert record["images"] == 48
 
 
-def test_onnx_files_are_fed_nchw_batches_without_a_copy(exported, cifar) -> None:
-    """ONNX Runtime takes NCHW arrays: evaluation prepares its batches in that layout for an ONNX file (a
-    channels_last batch would be copied back on every call) and channels_last for PyTorch models."""
+def test_onnx_files_are_fed_nchw_batches_without_a_copy(exported, cifar, tmp_path, monkeypatch) -> None:
+    """ONNX Runtime takes NCHW arrays: evaluation and `predict` prepare their batches in that layout for an ONNX file
+    (a channels_last batch would be copied back on every call) and channels_last for PyTorch models."""
     from resnetkit.data.datasets import ImageTensorDataset
+    from resnetkit.data.export import write_example_images
     from resnetkit.data.loader import BatchLoader
-    from resnetkit.runtime import load_model
+    from resnetkit.runtime import OnnxRuntimeModule, Predictor
 
     ds = load_cifar(cifar, "cifar10", "test", progress=False)
     small = ImageTensorDataset(ds.images[:8], ds.labels[:8], list(ds.classes))
     for source, contiguous in ((exported["onnx"], True), (exported["int8"], True), (WEIGHTS, False)):
-        loaded = load_model(source)
-        x, _ = next(BatchLoader(small, loaded.preprocessing, batch_size=8, train=False,
-                                memory_format=loaded.memory_format).epoch())  # fmt: skip
+        predictor = Predictor.load(source)
+        x, _ = next(BatchLoader(small, predictor.preprocessing, batch_size=8, train=False,
+                                memory_format=predictor.memory_format).epoch())  # fmt: skip
         assert x.is_contiguous() == contiguous
         assert x.is_contiguous(memory_format=torch.channels_last) != contiguous
+    handed: list[bool] = []  # what `predict` hands the ONNX Runtime module: NCHW-contiguous batches?
+    forward = OnnxRuntimeModule.forward
+    monkeypatch.setattr(
+        OnnxRuntimeModule, "forward", lambda self, x: (handed.append(x.is_contiguous()), forward(self, x))[1]
+    )
+    folder = write_example_images(small, tmp_path / "ex")
+    assert main(["-q", "predict", "--checkpoint", str(exported["onnx"]), str(folder), "--json"]) == 0
+    assert handed == [True]  # one batch of the 8 images
+
+
+def test_one_predictor_runs_every_source(exported, cifar) -> None:
+    """`resnetkit.Predictor` (the Python API): the registered weights and their .onnx / int8 / .pt2 files give the same
+    classes through one interface, describe their runtime and precision, and only the weights give gradients."""
+    from resnetkit import Predictor
+    from resnetkit.errors import ExportError
+
+    images = load_cifar(cifar, "cifar10", "test", progress=False).images[:64]
+    tops, described = {}, {}
+    for kind, source in (("weights", WEIGHTS), *exported.items()):
+        predictor = Predictor.load(source)
+        probs = predictor.probabilities(images)
+        assert probs.shape == (64, 10) and torch.allclose(probs.sum(1), torch.ones(64), atol=1e-4)
+        rows = predictor.topk(probs, 3)
+        assert [len(r) for r in rows] == [3] * 64 and all(r[0]["prob"] >= r[1]["prob"] >= r[2]["prob"] for r in rows)
+        tops[kind] = [r[0]["class"] for r in rows]
+        described[kind] = predictor.describe()
+    assert tops["onnx"] == tops["pt2"] == tops["weights"]
+    assert sum(a == b for a, b in zip(tops["int8"], tops["weights"], strict=True)) >= 60
+    assert {k: (d["runtime"], d["precision"], d["gradients"]) for k, d in described.items()} == {
+        "weights": ("pytorch", "fp32", True), "onnx": ("onnxruntime", "fp32", False),
+        "int8": ("onnxruntime", "int8", False), "pt2": ("torch.export", "fp32", False),
+    }  # fmt: skip
+    assert all(d["model"] == "resnet20" and d["classes"][3] == "cat" for d in described.values())
+    row = torch.full((10,), 0.03).index_fill(0, torch.tensor([1]), 0.73)  # one image's probabilities
+    top = Predictor.load(WEIGHTS).topk(row, 99)  # k is capped at the 10 classes
+    assert len(top) == 1 and len(top[0]) == 10 and top[0][0] == {"class": "automobile", "prob": pytest.approx(0.73)}
+    with pytest.raises(ExportError, match="without gradients"):
+        Predictor.load(exported["pt2"], gradients=True)
 
 
 def test_torch_steps_aside_while_onnx_runtime_computes(exported) -> None:
     """Around an ONNX Runtime model's loop torch runs on one thread (ORT has its own pool; two pools on the same
     cores stall each other) and gets its threads back afterwards; PyTorch models keep torch's threads."""
-    from resnetkit.runtime import host_threads, load_model
+    from resnetkit.runtime import Predictor
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        with host_threads(load_model(exported["int8"]).model):
+        with Predictor.load(exported["int8"]).running():
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 2
-        with host_threads(load_model(WEIGHTS).model):
+        with Predictor.load(WEIGHTS).running():
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

@@ -15,7 +15,7 @@ from resnetkit.data.factory import load_eval_split
 from resnetkit.errors import ExportError
 from resnetkit.export import FORMATS, ExportMeta, export_model
 from resnetkit.models import create_model, get_model_entry, resolve_data_config
-from resnetkit.runtime import Loaded, file_format, load_model
+from resnetkit.runtime import Loaded, Predictor, file_format, load_model
 from resnetkit.transforms import preprocessing_for
 from resnetkit.weights.download import sha256_file
 
@@ -44,6 +44,7 @@ def export_checkpoint(
         architecture=loaded.architecture, classes=tuple(loaded.classes), preprocessing=loaded.preprocessing.to_dict(),
         format=fmt, source=str(source or f"untrained {model}"), source_sha256=_sha256(loaded),
         model_kwargs=loaded.model_kwargs, resnetkit_version=VERSION,
+        provenance=Predictor(loaded, source).provenance() or None if source else None,
     )  # fmt: skip
     calibration = _calibration(loaded, data, data_dir, calib_size, seed, download) if int8 else None
     return export_model(loaded.model, meta, out, calibration=calibration)

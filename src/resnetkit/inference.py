@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,11 +13,9 @@ from torch import nn
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.data.factory import describe_split, folder_streams, load_eval_split
 from resnetkit.data.stream import StreamingFolder, loader_for, stream_folder_split, stream_workers, transforms_for
-from resnetkit.engine.fastpath import should_compile
 from resnetkit.engine.predictions import Predictions, collect_logits
-from resnetkit.errors import DataError, ExportError
-from resnetkit.models import count_macs
-from resnetkit.runtime import host_threads, load_model
+from resnetkit.errors import DataError
+from resnetkit.runtime import Predictor
 from resnetkit.transforms import Preprocessing, center_crop
 
 log = logging.getLogger(__name__)
@@ -30,13 +27,8 @@ def load_for_inference(
     """Model (eval mode), its preprocessing and its class names, from a checkpoint file, a run folder, the name of
     registered pretrained weights (e.g. "resnet20.rk_cifar10") or an exported `.onnx` / `.pt2` file (its model runs
     on its own runtime; `exported_ok=False` refuses those, for what needs a PyTorch model's gradients)."""
-    loaded = load_model(checkpoint)
-    if loaded.exported is not None and not exported_ok:
-        raise ExportError(
-            f"{checkpoint} is an exported {loaded.exported.runtime} model without gradients: use the PyTorch "
-            "checkpoint it was exported from"
-        )
-    return loaded.model, loaded.preprocessing, loaded.classes
+    predictor = Predictor.load(checkpoint, gradients=not exported_ok)
+    return predictor.model, predictor.preprocessing, predictor.classes
 
 
 def evaluate_checkpoint(
@@ -93,9 +85,9 @@ def predict_split(
     files are left out (with a warning) either way; streamed, `keep_images` keeps none (the report's figure of
     mistakes is then left out).
     """
-    loaded = load_model(checkpoint)
-    pre, classes, config = loaded.preprocessing, loaded.classes, loaded.config
-    record = _run_record(checkpoint) if config else {}
+    predictor = Predictor.load(checkpoint)
+    pre, classes, config = predictor.preprocessing, predictor.classes, predictor.config
+    record = predictor.run_record() if config else {}
     trained_on = _trained_on(config, record, data, data_dir)
     stream = folder_streams(data, data_dir, data_mode, pre)
     if stream:
@@ -105,16 +97,14 @@ def predict_split(
         ds = _load_split(config, data, data_dir, split, pre, **opts)
     if trained_on:
         _check_held_out(ds, record)
-    if loaded.exported is not None and not loaded.exported.named and len(classes) == len(ds.classes):
+    if not predictor.named and len(classes) == len(ds.classes):
         classes = list(ds.classes)  # a foreign ONNX file: its outputs take the data's names
     if list(ds.classes) != classes:
         raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
-    if compile is None:
-        compile = loaded.exported is None and should_compile(len(ds), count_macs(loaded.model, (3, pre.size, pre.size)))
-    model = loaded.fast(compile)
+    model = predictor.runnable(predictor.should_compile(len(ds)) if compile is None else compile)
     loader = loader_for(ds, pre, workers=stream_workers(workers), strict=False, batch_size=batch_size, train=False,
-                        memory_format=loaded.memory_format)  # fmt: skip
-    with host_threads(model):
+                        memory_format=predictor.memory_format)  # fmt: skip
+    with predictor.running(model):
         logits, labels, single = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
     left_out = set(getattr(loader, "skipped", ()))  # streamed: unreadable files found on the way
@@ -131,21 +121,6 @@ def _stream_split(
     evaluate = transforms_for(pre)[1]
     return stream_folder_split(str(data_dir), split, evaluate, trained_on=trained_on, val_fraction=fraction,
                                seed=seed)  # fmt: skip
-
-
-def _run_record(checkpoint: str | Path) -> dict[str, Any]:
-    """run.json of the run folder holding `checkpoint` (the folder, or RUN/checkpoints/NAME.pt); {} without one
-    (a checkpoint copied elsewhere)."""
-    path = Path(checkpoint)
-    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else None
-    if run is None or not (run / "run.json").is_file():
-        return {}
-    try:
-        record = json.loads((run / "run.json").read_text())
-    except (OSError, ValueError):
-        log.warning("%s is not readable JSON; ignored", run / "run.json")
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _trained_on(config: dict[str, Any], record: dict[str, Any], data: str, data_dir: str | None) -> bool:
@@ -204,17 +179,18 @@ def predict_files(
     at the first such file instead. A missing path or no image file at all raises DataError either way."""
     from resnetkit.data.folder import list_image_files
 
-    loaded = load_model(checkpoint)
-    pre, classes = loaded.preprocessing, loaded.classes
-    model = loaded.fast(compile=False)  # a few images: a compile would not pay off
+    predictor = Predictor.load(checkpoint)
+    model = predictor.runnable(compile=False)  # a few images: a compile would not pay off
     files = list_image_files(paths)
-    k = max(1, min(topk, len(classes)))
     results: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
-        loaded = [_read_image(f, pre.storage_size, strict=strict) for f in chunk]
-        tops = iter(_top_classes(model, pre, [x for x in loaded if isinstance(x, torch.Tensor)], classes, k))
-        for f, x in zip(chunk, loaded, strict=True):
+        images = [_read_image(f, predictor.preprocessing.storage_size, strict=strict) for f in chunk]
+        decoded = [x for x in images if isinstance(x, torch.Tensor)]
+        with predictor.running(model):
+            probs = predictor.probabilities(torch.stack(decoded), model) if decoded else torch.empty(0, 1)
+        tops = iter(predictor.topk(probs, topk) if decoded else [])
+        for f, x in zip(chunk, images, strict=True):
             results.append({"path": str(f), "error": x} if isinstance(x, str) else {"path": str(f), "top": next(tops)})
     return results
 
@@ -229,16 +205,3 @@ def _read_image(path: Path, size: int, *, strict: bool) -> torch.Tensor | str:
         if strict:
             raise
         return str(e)
-
-
-def _top_classes(
-    model: nn.Module, pre: Preprocessing, images: list[torch.Tensor], classes: Sequence[str], k: int
-) -> list[list[dict[str, Any]]]:
-    """The k most probable classes of each image, most probable first."""
-    if not images:
-        return []
-    top = model(pre.eval_batch(torch.stack(images))).softmax(dim=1).topk(k, dim=1)
-    return [
-        [{"class": classes[c], "prob": q} for c, q in zip(i, p, strict=True)]
-        for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-    ]

@@ -17,7 +17,7 @@ from resnetkit.compress import PruneResult, PruningError, prune_to_macs
 from resnetkit.config import TrainConfig
 from resnetkit.engine.runner import RunResult, run_training
 from resnetkit.files import atomic_write
-from resnetkit.runtime import load_model
+from resnetkit.runtime import Predictor
 from resnetkit.weights.io import save_state_dict
 
 log = logging.getLogger(__name__)
@@ -29,11 +29,12 @@ def prune_and_finetune(
 ) -> tuple[PruneResult, RunResult]:
     """Prune `source` (a checkpoint, run folder, weights file or registered name) to `target` x its MACs and
     fine-tune the result as `cfg` says (its model, weights and model kwargs are set here)."""
-    loaded = load_model(source)
-    if loaded.exported is not None:
+    loaded = Predictor.load(source)
+    if not loaded.supports_gradients:
         raise PruningError(f"{source} is an exported file: prune the checkpoint it was made from")
-    size = (loaded.model.default_cfg.input_size[0], loaded.preprocessing.size, loaded.preprocessing.size)
-    result = prune_to_macs(loaded.model, target, method, size, seed)
+    model = loaded.gradient_model()
+    size = (model.default_cfg.input_size[0], loaded.preprocessing.size, loaded.preprocessing.size)
+    result = prune_to_macs(model, target, method, size, seed)
     out = Path(cfg.out or f"runs/{loaded.architecture}-pruned-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "checkpoints" / "last.pt").exists():
         raise PruningError(f"{out} already holds a run; continue it with `resnetkit train --resume {out}`")

@@ -6,33 +6,30 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from resnetkit.bench.baseline import standard_model
 from resnetkit.bench.run import BenchResult, _timed
-from resnetkit.engine.fastpath import CompiledOrEager, speed_up_for_inference
+from resnetkit.engine.fastpath import CompiledOrEager
 from resnetkit.errors import ExportError
 from resnetkit.models import count_macs, create_model
-from resnetkit.runtime import Loaded, load_model
-from resnetkit.weights.download import sha256_file
-from resnetkit.weights.registry import is_weights_name
+from resnetkit.runtime import Predictor
 
 log = logging.getLogger(__name__)
 
 
-def baseline_for(loaded: Loaded) -> tuple[nn.Module, bool]:
+def baseline_for(loaded: Predictor) -> tuple[nn.Module, bool]:
     """The standard eager fp32 model of `loaded`'s architecture (torchvision's where it has it), and whether it
     holds the same weights: a checkpoint's own, or an exported file's source when that is still where the file's
     metadata says (a registered name, or a file with the recorded sha256). Otherwise random weights: the speed
     comparison holds, the outputs are not compared."""
     if not loaded.architecture:
         raise ExportError("an ONNX file without resnetkit metadata names no architecture to compare it against")
-    weights = loaded.model if loaded.exported is None else _source_model(loaded)
+    weights = loaded.reference_model()
     torch.manual_seed(0)
-    kwargs = dict(loaded.model_kwargs or (loaded.exported.meta.model_kwargs if loaded.exported else {}))
+    kwargs = loaded.model_kwargs
     try:
         base = standard_model(loaded.architecture, num_classes=len(loaded.classes)) if not kwargs else None
     except (ValueError, TypeError):
@@ -46,20 +43,6 @@ def baseline_for(loaded: Loaded) -> tuple[nn.Module, bool]:
         base = create_model(loaded.architecture, num_classes=len(loaded.classes), **kwargs).eval()
         base.load_state_dict(weights.state_dict(), strict=True)
     return base.eval(), True
-
-
-def _source_model(loaded: Loaded) -> nn.Module | None:
-    meta = loaded.exported.meta if loaded.exported else None
-    if meta is None:
-        return None
-    source = meta.source
-    if not is_weights_name(source):
-        path = Path(source)
-        file = path / "checkpoints" / "last.pt" if path.is_dir() else path
-        if not file.is_file() or (meta.source_sha256 and sha256_file(file) != meta.source_sha256):
-            log.warning("the source %s of this file is not here: the baseline has random weights", source)
-            return None
-    return load_model(source).model
 
 
 def batch1_latency(
@@ -84,9 +67,9 @@ def bench_infer_checkpoint(
 ) -> BenchResult:
     """Throughput at `batch_size` and batch-1 latency (p50/p99) of `checkpoint` as deployed (an exported file on
     its runtime, a checkpoint on the fast path) against the standard eager fp32 model, on random inputs."""
-    loaded = load_model(checkpoint)
+    loaded = Predictor.load(checkpoint)
     baseline, same = baseline_for(loaded)
-    ours = loaded.model if loaded.exported else speed_up_for_inference(loaded.model, fold_bn=fold_bn, compile=compile)
+    ours = loaded.runnable(compile, fold_bn=fold_bn)
     size = (3, loaded.preprocessing.size, loaded.preprocessing.size)
     torch.manual_seed(0)
     x = torch.randn(batch_size, *size)
@@ -99,8 +82,8 @@ def bench_infer_checkpoint(
     p50, p99 = batch1_latency(ours, x1, seconds / 2)
     b50, b99 = batch1_latency(baseline, x1, seconds / 2)
     flops = 2 * count_macs(baseline, size)
-    runtime = loaded.exported.runtime if loaded.exported else "pytorch fast path"
-    precision = loaded.exported.meta.precision if loaded.exported and loaded.exported.meta else "fp32"
+    runtime = "pytorch fast path" if loaded.runtime == "pytorch" else loaded.runtime
+    precision = loaded.precision
     extra = {"runtime": runtime, "precision": precision, "p50_ms": p50, "p99_ms": p99, "baseline_p50_ms": b50,
              "baseline_p99_ms": b99, "same_weights": same, "file_mb": _size_mb(loaded)}  # fmt: skip
     compiled = isinstance(ours, CompiledOrEager) and ours.compiled
@@ -109,5 +92,5 @@ def bench_infer_checkpoint(
                        1000 * batch_size / ours_ips, 1000 * batch_size / base_ips, extra)  # fmt: skip
 
 
-def _size_mb(loaded: Loaded) -> float | None:
+def _size_mb(loaded: Predictor) -> float | None:
     return loaded.file.stat().st_size / 1e6 if loaded.file is not None and loaded.file.is_file() else None

@@ -104,14 +104,14 @@ def _bench_eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     if args.checkpoint:
         from resnetkit.bench.deployed import baseline_for
         from resnetkit.errors import DataError
-        from resnetkit.runtime import load_model
+        from resnetkit.runtime import Predictor
 
-        loaded = load_model(args.checkpoint)
+        loaded = Predictor.load(args.checkpoint)
         pre, classes = loaded.preprocessing, loaded.classes
         if pre.kind != "cifar" or pre.size != 32 or len(classes) != len(ds.classes):
             raise DataError(f"{args.checkpoint} is not a 32x32, {len(ds.classes)}-class CIFAR model: bench eval "
                             "runs the CIFAR-10 test set")  # fmt: skip
-        if loaded.exported is not None:
+        if not loaded.supports_gradients:  # an exported file: against the eager model of its architecture
             baseline, _ = baseline_for(loaded)
             return bench_eval(ds.images, ds.labels, loaded.model, pre, model_name=args.checkpoint,
                               batch_size=args.batch_size, baseline=baseline, deployed=True)  # fmt: skip

@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from resnetkit.config import ConfigError
-    from resnetkit.runtime import load_model
+    from resnetkit.runtime import Predictor
     from resnetkit.serve.app import SETTINGS_ENV
     from resnetkit.serve.deps import require
 
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--workers, --max-batch and --max-queue must be at least 1, --port in 0..65535")
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_model(args.checkpoint)  # a bad checkpoint is a one-line error here, not a failed start-up later
+    Predictor.load(args.checkpoint)  # a bad checkpoint is a one-line error here, not a failed start-up later
     os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(_settings(args)))
     sock = _listening_socket(args.host, args.port)
     port = sock.getsockname()[1]  # the one the kernel chose for --port 0

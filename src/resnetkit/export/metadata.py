@@ -33,6 +33,9 @@ class ExportMeta:
     calibration: dict[str, Any] | None = None  # int8: which images, how many, the method
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     resnetkit_version: str = VERSION
+    # where the model was trained: {"config": data, data_dir, seed, val_fraction, val_size; "datasets": run.json's
+    # train and test records (the held-out files)}, so eval/report of the file score the images its checkpoint would
+    provenance: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "classes": list(self.classes)}, sort_keys=True)

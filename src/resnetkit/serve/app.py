@@ -18,7 +18,7 @@ import torch
 from resnetkit.constants import VERSION
 from resnetkit.explain.gradcam import grad_cam
 from resnetkit.explain.overlay import overlay_image, png_bytes
-from resnetkit.runtime import Loaded, host_threads, load_model
+from resnetkit.runtime import Predictor
 from resnetkit.serve.batcher import Answer, DynamicBatcher, QueueFull
 from resnetkit.serve.deps import require
 from resnetkit.serve.metrics import ServiceMetrics
@@ -48,7 +48,7 @@ class Service:
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
-        self.loaded: Loaded | None = None
+        self.predictor: Predictor | None = None
         self.ready = False
         self.metrics = ServiceMetrics(lambda: self.batcher.depth if self.batcher else 0)
         self.batcher: DynamicBatcher | None = None
@@ -56,8 +56,8 @@ class Service:
     def load(self) -> None:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        loaded = load_model(self.settings.checkpoint)
-        self.loaded, self.model = loaded, loaded.fast(compile=False)
+        self.predictor = Predictor.load(self.settings.checkpoint)
+        self.model = self.predictor.runnable(compile=False)
         s = self.settings
         self.batcher = DynamicBatcher(self.forward, max_batch=s.max_batch, max_delay_s=s.max_delay_ms / 1000,
                                       max_queue=s.max_queue, observe=self.metrics.observe_batch)  # fmt: skip
@@ -65,11 +65,10 @@ class Service:
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities of a uint8 batch, prepared as `resnetkit predict` prepares it."""
-        pre = self.loaded.preprocessing
-        return self.model(pre.eval_batch(images, self.loaded.memory_format)).float().softmax(dim=1)
+        return self.predictor.probabilities(images, self.model)
 
     def warm_up(self) -> None:
-        size = self.loaded.preprocessing.storage_size
+        size = self.predictor.preprocessing.storage_size
         for n in {1, self.settings.max_batch}:
             self.forward(torch.zeros(n, 3, size, size, dtype=torch.uint8))
 
@@ -77,7 +76,7 @@ class Service:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         """Load and warm the model off the event loop, serve, then drain the queue (SIGTERM lands here)."""
         await asyncio.to_thread(self.load)
-        with host_threads(self.model):
+        with self.predictor.running(self.model):
             await asyncio.to_thread(self.warm_up)
             self.batcher.start()
             self.ready = True
@@ -89,7 +88,7 @@ class Service:
         """The names and answers (class probabilities, queue and forward times) of a request's images, and the
         seconds spent reading and decoding them (RequestError for what cannot be answered)."""
         s, start = self.settings, time.perf_counter()
-        names, images = await read_images(request, self.loaded.preprocessing.storage_size, s)
+        names, images = await read_images(request, self.predictor.preprocessing.storage_size, s)
         decode = time.perf_counter() - start
         try:
             return names, await asyncio.wait_for(self.batcher.submit(images), s.timeout_s), decode
@@ -100,10 +99,10 @@ class Service:
 
     async def explain(self, request: Any) -> tuple[bytes, dict[str, str]]:
         """The Grad-CAM overlay (PNG) of a request's one image for its predicted class, and headers naming it."""
-        if self.loaded.exported is not None:
+        if not self.predictor.supports_gradients:
             raise RequestError(422, "explain needs a PyTorch model (Grad-CAM takes gradients), not an exported file")
         s = self.settings
-        _, images = await read_images(request, self.loaded.preprocessing.storage_size, s)
+        _, images = await read_images(request, self.predictor.preprocessing.storage_size, s)
         if len(images) != 1:
             raise RequestError(400, f"explain takes one image per request, got {len(images)}")
         work = asyncio.get_running_loop().run_in_executor(self.batcher.executor, self._overlay, images[0])
@@ -114,21 +113,19 @@ class Service:
 
     def _overlay(self, image: torch.Tensor) -> tuple[bytes, dict[str, str]]:
         """Runs on the forward thread (one model computation at a time), on the eager model: hooks need its layers."""
-        pre = self.loaded.preprocessing
-        result = grad_cam(self.loaded.model, pre.eval_batch(image[None]))
+        pre = self.predictor.preprocessing
+        result = grad_cam(self.predictor.gradient_model(), pre.eval_batch(image[None]))
         cls = int(result.target[0])
         picture = overlay_image(center_crop(image, pre.size), result.maps[0])
-        names = {"X-Class": self.loaded.classes[cls], "X-Probability": f"{float(result.probs[0, cls]):.6f}"}
+        names = {"X-Class": self.predictor.classes[cls], "X-Probability": f"{float(result.probs[0, cls]):.6f}"}
         return png_bytes(picture), {**names, "X-Layer": result.layer}
 
     def metadata(self) -> dict[str, Any]:
-        loaded = self.loaded
-        meta = loaded.exported.meta if loaded.exported is not None else None
+        described = self.predictor.describe()
         return {
-            "model": loaded.architecture or "onnx", "checkpoint": self.settings.checkpoint, "classes": loaded.classes,
-            "preprocessing": loaded.preprocessing.to_dict(), "runtime": loaded.exported.runtime if loaded.exported
-            else "pytorch", "precision": meta.precision if meta else "fp32", "resnetkit_version": VERSION,
-            "settings": asdict(self.settings),
+            "model": described["model"], "checkpoint": self.settings.checkpoint, "classes": described["classes"],
+            "preprocessing": described["preprocessing"], "runtime": described["runtime"],
+            "precision": described["precision"], "resnetkit_version": VERSION, "settings": asdict(self.settings),
         }  # fmt: skip
 
     def answer(self, names: list[str], answers: list[Answer]) -> dict[str, Any]:
@@ -136,10 +133,7 @@ class Service:
         return {"model": self.metadata()["model"], "predictions": results}
 
     def top(self, probs: torch.Tensor) -> list[dict[str, Any]]:
-        k = max(1, min(self.settings.topk, len(self.loaded.classes)))
-        values, indices = probs.topk(k)
-        pairs = zip(values.tolist(), indices.tolist(), strict=True)
-        return [{"class": self.loaded.classes[i], "prob": p} for p, i in pairs]
+        return self.predictor.topk(probs, self.settings.topk)[0]
 
 
 def create_app(settings: ServeSettings) -> Any:
