@@ -229,3 +229,76 @@ def test_only_the_distributed_module_touches_torch_distributed() -> None:
         if any(n.startswith(("torch.distributed", "torch.nn.parallel")) for n in names) or "torch.distributed" in text:
             touching.append(str(path.relative_to(PACKAGE)))
     assert touching == ["distributed.py"]
+
+
+def _file_graph(sources: dict[str, str]) -> dict[str, set[str]]:
+    """Module -> the resnetkit modules (files) it imports, local and TYPE_CHECKING imports included: `from a.b import
+    c` is the file a/b/c.py where it exists, else a/b.py or the package a/b/__init__.py."""
+    graph: dict[str, set[str]] = {}
+    for module, source in sources.items():
+        edges = set()
+        for name in _imports(ast.parse(source), module):
+            parts = name.split(".")
+            while parts and ".".join(parts) not in sources and ".".join([*parts, "__init__"]) not in sources:
+                parts = parts[:-1]
+            if len(parts) > 1:  # resnetkit's own modules (not resnetkit/__init__.py: every import passes it)
+                edges.add(".".join(parts) if ".".join(parts) in sources else ".".join([*parts, "__init__"]))
+        graph[module] = edges - {module}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The groups of modules that import each other, directly or through others (strongly connected components of
+    more than one module), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_no_two_files_import_each_other() -> None:
+    """Issue 29: no import cycle between files, counting imports inside functions and under TYPE_CHECKING (which hide
+    a cycle from the interpreter, not from the reader)."""
+    sources = {_module_name(p): p.read_text() for p in _all_files()}
+    assert _cycles(_file_graph(sources)) == []
+
+
+def test_the_cycle_checker_catches_a_cycle() -> None:
+    sources = {
+        "resnetkit.serve.app": "from resnetkit.serve.requests import read\nclass Settings: ...\n",
+        "resnetkit.serve.requests": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from resnetkit.serve.app import Settings\n",
+        "resnetkit.cli.main": "def main():\n    from resnetkit.cli import predict_cmd\n",
+        "resnetkit.cli.predict_cmd": "def run():\n    from resnetkit.cli.main import warn\n",
+        "resnetkit.cli.__init__": "",
+        "resnetkit.data.folder": "from resnetkit.errors import DataError\n",
+        "resnetkit.errors": "",
+    }
+    assert _cycles(_file_graph(sources)) == [
+        ["resnetkit.cli.main", "resnetkit.cli.predict_cmd"],
+        ["resnetkit.serve.app", "resnetkit.serve.requests"],
+    ]

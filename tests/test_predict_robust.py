@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-from resnetkit.cli.main import EXIT_SOME_FILES_FAILED, EXIT_USER_ERROR, main
+from resnetkit.cli.exit_codes import EXIT_SOME_FILES_FAILED, EXIT_USER_ERROR
+from resnetkit.cli.main import main
 from resnetkit.data.folder import load_image
 from resnetkit.inference import predict_files
 

@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     """Exit 0 when every file was processed, 3 when some could not be read (a warning line each), 2 on --strict."""
     import torch
 
-    from resnetkit.cli.main import warn_file_errors
+    from resnetkit.cli.exit_codes import warn_file_errors
     from resnetkit.config import ConfigError
     from resnetkit.tasks.predict import run_on_files
     from resnetkit.tasks.pretrained import load_task_model

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every file was explained, 3 when some were unreadable or refused (a warning line each), 2 on
     --strict."""
-    from resnetkit.cli.main import warn_file_errors
+    from resnetkit.cli.exit_codes import warn_file_errors
     from resnetkit.explain.images import explain_files
     from resnetkit.inference import load_for_inference
 

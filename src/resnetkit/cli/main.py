@@ -29,14 +29,10 @@ from resnetkit.cli import (
     serve_cmd,
     train_cmd,
 )
+from resnetkit.cli.exit_codes import EXIT_USER_ERROR
 from resnetkit.distributed import launched_rank
 from resnetkit.errors import ResnetkitError, TrainingInterrupted
 from resnetkit.hardware import keep_freed_memory
-
-EXIT_USER_ERROR = 2
-# predict / explain: every readable file was processed, but at least one file could not be read (or was refused);
-# each is a `resnetkit: warning:` line on stderr and an {"path", "error"} record. --strict makes it EXIT_USER_ERROR.
-EXIT_SOME_FILES_FAILED = 3
 
 _COMMANDS = {
     "demo": demo_cmd,
@@ -84,14 +80,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("resnetkit: interrupted", file=sys.stderr)
         return 130
-
-
-def warn_file_errors(records: Sequence[dict[str, Any]]) -> int:
-    """One `resnetkit: warning:` line on stderr per record with an "error" (predict, explain); the exit code."""
-    failed = [r for r in records if "error" in r]
-    for r in failed:
-        print(f"resnetkit: warning: {r['error']}", file=sys.stderr)
-    return EXIT_SOME_FILES_FAILED if failed else 0
 
 
 def _configure_logging(quiet: bool) -> None:

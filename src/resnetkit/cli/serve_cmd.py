@@ -70,8 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace) -> Any:
-    """The service's settings (serve.app.ServeSettings), which every worker process reads from the environment."""
-    from resnetkit.serve.app import ServeSettings
+    """The service's settings (serve.settings.ServeSettings), which every worker process reads from the environment."""
+    from resnetkit.serve.settings import ServeSettings
 
     return ServeSettings(
         args.checkpoint,

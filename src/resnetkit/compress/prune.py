@@ -157,12 +157,6 @@ def _importance(tp: Any, method: str) -> Any:
     }[method]()
 
 
-def _outer_layers(model: nn.Module) -> list[nn.Module]:
-    """Every convolution and linear layer whose output channels are not a block's inner channels."""
-    inner = {id(c) for stage in blocks_by_stage(model) for b in stage for c in inner_convs(b)}
-    return [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in inner]
-
-
 def _rebuilt(original: nn.Module, pruned: nn.Module) -> nn.Module:
     """A fresh model of the pruned widths, described by its kwargs, holding the pruned weights (strictly)."""
     kwargs = dict(getattr(original, "model_kwargs", {})) | {"inner_widths": inner_widths(pruned)}

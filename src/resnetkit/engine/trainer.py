@@ -155,7 +155,6 @@ class Trainer:
             scaler=self.scaler.state_dict(), epoch=s.epoch, batch=s.batch, step=s.step, history=s.history,
             best=s.best, stale=s.stale, partial=s.partial, config=self.cfg.to_dict(),
             ema=self.ema.state_dict() if self.ema else None,
-            rng=torch.get_rng_state(),  # not needed to resume (each step reseeds); kept for earlier versions' readers
         )  # fmt: skip
 
     def _kept(self) -> str:

@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any  # no `from __future__ import annotations`: FastAPI reads the route annotations
 
@@ -23,24 +23,11 @@ from resnetkit.serve.batcher import Answer, DynamicBatcher, QueueFull
 from resnetkit.serve.deps import require
 from resnetkit.serve.metrics import ServiceMetrics
 from resnetkit.serve.requests import RequestError, read_images
+from resnetkit.serve.settings import ServeSettings
 from resnetkit.transforms import center_crop
 
 log = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("static") / "index.html"  # plain HTML/JS: no build step, no CDN
-
-
-@dataclass
-class ServeSettings:
-    checkpoint: str
-    max_batch: int = 32
-    max_delay_ms: float = 5.0
-    max_queue: int = 256  # images waiting; more -> 503 with Retry-After
-    max_body_mb: float = 20.0  # -> 413
-    max_pixels: int = 40_000_000  # per image, from its header; more -> 413
-    max_images: int = 64  # per request
-    topk: int = 5
-    timeout_s: float = 30.0  # per request, queueing included -> 504
-    threads: int | None = None  # torch (and so ONNX Runtime) threads in each worker process
 
 
 class Service:

@@ -10,16 +10,14 @@ import base64
 import binascii
 import io
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from PIL import UnidentifiedImageError
 
 from resnetkit.data.folder import load_image
 from resnetkit.errors import DataError, ImageTooLarge
-
-if TYPE_CHECKING:
-    from resnetkit.serve.app import ServeSettings
+from resnetkit.serve.settings import ServeSettings
 
 FIELD = "file"
 

@@ -1,0 +1,19 @@
+"""What `resnetkit serve` is told: the served file and the service's limits (one record, read by every worker)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class ServeSettings:
+    checkpoint: str
+    max_batch: int = 32
+    max_delay_ms: float = 5.0
+    max_queue: int = 256  # images waiting; more -> 503 with Retry-After
+    max_body_mb: float = 20.0  # -> 413
+    max_pixels: int = 40_000_000  # per image, from its header; more -> 413
+    max_images: int = 64  # per request
+    topk: int = 5
+    timeout_s: float = 30.0  # per request, queueing included -> 504
+    threads: int | None = None  # torch (and so ONNX Runtime) threads in each worker process
