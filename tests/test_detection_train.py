@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import re
+import signal
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -169,26 +174,55 @@ def _iou(box: list[float], xywh: list[float]) -> float:
 
 @pytest.mark.slow
 def test_detection_resume_continues_exactly(tmp_path: Path, capsys) -> None:
-    """Stopped after its first epoch and resumed, a run ends with the weights of the run that never stopped."""
+    """Stopped by --max-steps after its first epoch, or by a real Ctrl-C (SIGINT) in the middle of its second, and
+    resumed, a run ends with the weights and metrics of the run that never stopped."""
     data = write_coco(tmp_path / "coco", {"train": 16, "val": 4})
-    full, half = tmp_path / "full", tmp_path / "half"
+    full, half, stopped = tmp_path / "full", tmp_path / "half", tmp_path / "stopped"
     assert cli(capsys, *_train_args(data, full, "--epochs", "2", "--schedule", "constant"))[0] == 0
     assert cli(capsys, *_train_args(data, half, "--epochs", "2", "--schedule", "constant", "--max-steps", "4"))[0] == 0
     assert load_checkpoint(half / "checkpoints" / "last.pt")["step"] == 4
     assert cli(capsys, "train", "--resume", str(half), "--max-steps", "8", "--no-progress")[0] == 0
-    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(half / "checkpoints" / "last.pt")
-    assert a["step"] == b["step"] == 8 and [r["epoch"] for r in b["history"]] == [1, 2]
-    for key in a["model"]:
-        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=1e-6, msg=key)
+    # a real SIGINT, sent once the first epoch's metrics are written: the run stops after a step of the second
+    log = tmp_path / "stopped.log"
+    args = _train_args(data, stopped, "--epochs", "2", "--schedule", "constant")
+    cmd = [sys.executable, "-m", "resnetkit", "-q", *args]
+    with procs.spawned(cmd, log, env={**os.environ, "OMP_NUM_THREADS": "2"}, cwd=tmp_path) as proc:
+        _wait_for_a_row(stopped / "metrics.jsonl", proc, log)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=300) == 130, log.read_text()[-3000:]
+    lines = log.read_text().strip().splitlines()
+    said = r"resnetkit: interrupted at epoch 2, step [5-7]; checkpoint .* is intact: continue with `resnetkit train "
+    assert len(lines) == 1 and re.fullmatch(said + r"--resume .*`", lines[0]), lines  # one line, no traceback
+    mid = load_checkpoint(stopped / "checkpoints" / "last.pt")
+    assert (mid["epoch"], mid["batch"]) == (1, mid["step"] - 4) and mid["partial"]["done"] == mid["batch"]
+    assert cli(capsys, "train", "--resume", str(stopped), "--no-progress")[0] == 0
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    for run in (half, stopped):
+        b = load_checkpoint(run / "checkpoints" / "last.pt")
+        assert a["step"] == b["step"] == 8 and [r["epoch"] for r in b["history"]] == [1, 2]
+        assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])] == [], run.name
+    timing = ("train_time_s", "train_images_per_s")
+    rows = [[{k: v for k, v in r.items() if k not in timing} for r in _rows(run)] for run in (full, stopped)]
+    assert rows[0] == rows[1]  # the interrupted epoch's loss sums carried on
+
+
+def _wait_for_a_row(path: Path, proc, log: Path, limit_s: float = 300) -> None:
+    """Until `path` (metrics.jsonl, created empty when the run starts) holds a row; fails if `proc` ends first."""
+    deadline = time.monotonic() + limit_s  # only a hang meets it: the wait ends when the row is written
+    while not (path.is_file() and path.read_text().strip()):
+        assert proc.poll() is None, f"exited with {proc.returncode}: {log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.02)
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.slow
 def test_detection_trains_under_torchrun_with_two_processes(tmp_path: Path) -> None:
     """torchrun, 2 processes (DistributedDataParallel on gloo): each takes half of every global batch; rank 0 writes
     the one run folder and validates."""
-    import os
-    import sys
-
     data = write_coco(tmp_path / "coco", {"train": 16, "val": 4})
     run = tmp_path / "run"
     args = [a for a in _train_args(data, run, "--epochs", "1") if a != "train"]

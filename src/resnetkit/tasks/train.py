@@ -139,51 +139,69 @@ class DetectionTrainer:
         self.scheduler = build_schedule(self.optimizer, factor)
         self.forward_model = distributed.wrap_model(model, device)
         self.epoch, self.step, self.history, self.best = 0, 0, [], None
+        self.batch, self.partial = 0, {}  # the next batch of `epoch`; its training sums so far (a Ctrl-C checkpoint)
 
     def restore(self, ckpt: dict[str, Any]) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.step, self.history, self.best = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["best"]
+        self.batch, self.partial = ckpt.get("batch", 0), dict(ckpt.get("partial") or {})
         self.folder.rewrite_metrics(self.history)
         log.info("resuming %s at epoch %d, step %d", self.folder.path, self.epoch + 1, self.step)
 
     def fit(self) -> RunResult:
+        """The epochs; Ctrl-C (on any process) stops every process after the same step, and rank 0 saves a
+        checkpoint from which `--resume` continues mid-epoch to the weights of a run that never stopped."""
         with graceful_interrupt() as interrupted:
             while self.epoch < self.epochs and self.step < self.total_steps:
                 row = self._train_epoch(interrupted)
-                self.epoch += 1
+                if row is None:
+                    path = self._save("last.pt")
+                    raise TrainingInterrupted(
+                        f"interrupted at epoch {self.epoch + 1}, step {self.step}; checkpoint {path} is intact: "
+                        f"continue with `resnetkit train --resume {self.folder.path}`"
+                    )
+                self.epoch, self.batch, self.partial = self.epoch + 1, 0, {}
                 row |= self._evaluate()
                 self._end_epoch(row)
         stopped = "max_steps" if self.cfg.max_steps and self.step >= self.cfg.max_steps else "completed"
         return RunResult(self.folder.path, self.history, stopped, self.best, self.step)
 
     def _loader(self) -> DataLoader:
-        """This rank's share of a fresh permutation (seeded by the run's seed and the epoch)."""
+        """This rank's share of a fresh permutation (seeded by the run's seed and the epoch), from batch
+        `self.batch` on (a run resumed mid-epoch skips the batches it took)."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
         order = torch.randperm(len(self.data.train), generator=g)
         own = order[self.env.rank :: self.env.world_size][: self.images_per_rank].tolist()
+        own = own[self.batch * self.per_process :]
         self.data.train.epoch = self.epoch  # the flips of this epoch (workers copy the dataset when they start)
         workers = self.cfg.workers or 0
         return DataLoader(Subset(self.data.train, own), batch_size=self.per_process, collate_fn=collate_detection,
                           num_workers=workers, persistent_workers=False)  # fmt: skip
 
-    def _train_epoch(self, interrupted: InterruptFlag) -> dict[str, Any]:
+    def _train_epoch(self, interrupted: InterruptFlag) -> dict[str, Any] | None:
+        """The epoch's training row, or None when a Ctrl-C stopped it (its sums so far in `self.partial`)."""
         self.model.train()
-        sums: dict[str, float] = {}
-        t0, seen, done = time.perf_counter(), 0, 0
+        part = dict(self.partial)
+        done, seen = int(part.pop("done", 0)), int(part.pop("seen", 0))
+        t0 = time.perf_counter() - part.pop("time", 0.0)
+        sums: dict[str, float] = part  # the losses' sums (this process's; rank 0's are reported and saved)
         show = self.cfg.progress and self.env.is_main
-        steps = min(self.steps_per_epoch, self.total_steps - self.step)
+        steps = min(self.steps_per_epoch - self.batch, self.total_steps - self.step)
         with tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not show, unit="step") as bar:
             for images, targets in self._loader():
                 losses = self._step([i.to(self.device) for i in images], targets)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v
-                seen, done = seen + len(images), done + 1
+                seen, done, self.batch = seen + len(images), done + 1, self.batch + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses['loss']:.3f}")
-                if interrupted.requested:
-                    raise TrainingInterrupted(self._interrupted_message())
+                # a detection step takes long: the processes agree on stopping after every step
+                stop = distributed.any_process(interrupted.requested, self.device) if self.env.enabled else None
+                if stop or (stop is None and interrupted.requested):
+                    self.partial = {**sums, "done": done, "seen": seen, "time": time.perf_counter() - t0}
+                    return None
                 if self.step >= self.total_steps:
                     break
         n = max(1, done)  # not bar.n: a disabled bar (--no-progress) does not count
@@ -209,13 +227,6 @@ class DetectionTrainer:
         self.step += 1
         return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
 
-    def _interrupted_message(self) -> str:
-        last = self.folder.checkpoint("last.pt")
-        if last.exists():
-            return (f"interrupted in epoch {self.epoch + 1}; {last} holds the last complete epoch: continue with "
-                    f"`resnetkit train --resume {self.folder.path}`")  # fmt: skip
-        return f"interrupted in epoch {self.epoch + 1}, before the first checkpoint"
-
     def _evaluate(self) -> dict[str, Any]:
         """Validation mAP (COCO protocol) on rank 0; the other ranks wait."""
         out: dict[str, Any] = {}
@@ -237,15 +248,16 @@ class DetectionTrainer:
         scores = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("val_") or k == "train_loss")
         log.info("epoch %d: %s", row["epoch"], scores)
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str) -> Path:
+        path = self.folder.checkpoint(name)
         if not self.env.is_main:
-            return
+            return path
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise NonFiniteLoss(f"weights became non-finite by step {self.step}; try a lower --lr")
-        save_checkpoint(
-            self.folder.checkpoint(name), self.model, task="detection", classes=self.data.classes,
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(), epoch=self.epoch,
-            step=self.step, history=self.history, best=self.best, config=self.cfg.to_dict(),
+        return save_checkpoint(
+            path, self.model, task="detection", classes=self.data.classes, optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), epoch=self.epoch, batch=self.batch, step=self.step,
+            history=self.history, best=self.best, partial=self.partial, config=self.cfg.to_dict(),
         )  # fmt: skip
 
 
