@@ -12,6 +12,14 @@ from resnetkit.errors import ResnetkitError
 
 DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder", "coco")
 TASKS = ("classification", "detection")
+# the fields a detection run would silently ignore (classification's data pipeline, regularisers, distillation,
+# EMA, precision and compile choices): set to anything but their default, they are a one-line error
+DETECTION_IGNORES = frozenset({
+    "backbone_lr_mult", "freeze_bn", "teacher", "kd_temperature", "kd_weight", "download", "train_img_size",
+    "eval_resize", "val_size", "val_fraction", "augment", "rrc_scale", "cutout", "augment_policy", "random_erasing",
+    "data_mode", "memory_budget_gb", "mixup", "cutmix", "label_smoothing", "ema_decay", "ema_every", "amp_dtype",
+    "compile", "early_stopping", "checkpoint_every", "strict",
+})  # fmt: skip
 # detectors `train --task detection` fine-tunes (boxes only: no masks or keypoints in the COCO reader yet)
 TRAINABLE_DETECTORS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "retinanet_v2")
 SCHEDULES = ("paper", "cosine", "onecycle", "constant")
@@ -155,6 +163,15 @@ class TrainConfig:
             _choice("detector", self.detector, TRAINABLE_DETECTORS)
             if self.data != "coco" or not self.data_dir:
                 raise ConfigError("--task detection trains on COCO-format data: --data coco --data-dir DIR")
+            defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in DETECTION_IGNORES}
+            changed = [name for name, default in defaults.items() if getattr(self, name) != default]
+            if self.amp:  # --no-amp says what detection does
+                changed.insert(0, "amp")
+            if changed:
+                shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in changed)
+                them = "them" if len(changed) > 1 else "it"
+                raise ConfigError(f"--task detection does not use {shown}: drop {them} (detection trains in float32 "
+                                  "with its own augmentation)")  # fmt: skip
         elif self.data == "coco":
             raise ConfigError("--data coco holds boxes: train a detector on it with --task detection")
 
