@@ -1,5 +1,5 @@
 """One loader for everything a command can run: a checkpoint file or run folder, registered pretrained weights
-(e.g. "resnet20.rk_cifar10"), or an exported `.onnx` / `.pt2` file; `Loaded.fast` gives the model to run."""
+(e.g. "resnet20.rk_cifar10"), or an exported `.onnx` / `.pt2` file; `runtime.Predictor` runs what it loads."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from resnetkit.checkpoint import load_checkpoint, model_from_checkpoint
-from resnetkit.engine.fastpath import speed_up_for_inference
 from resnetkit.models import create_model
 from resnetkit.runtime.exported import LoadedModel, file_format, load_exported
 from resnetkit.transforms import Preprocessing, preprocessing_for
@@ -38,10 +37,6 @@ class Loaded:
         be copied back each call), PyTorch's convolutions on the CPU prefer channels_last."""
         onnx = self.exported is not None and self.exported.runtime == "onnxruntime"
         return torch.contiguous_format if onnx else torch.channels_last
-
-    def fast(self, compile: bool) -> nn.Module:
-        """The PyTorch fast path (engine.fastpath); an exported file's model is already its runtime's."""
-        return self.model if self.exported is not None else speed_up_for_inference(self.model, compile=compile)
 
 
 def load_model(source: str | Path) -> Loaded:
