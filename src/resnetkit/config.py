@@ -170,8 +170,8 @@ class TrainConfig:
             if changed:
                 shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in changed)
                 them = "them" if len(changed) > 1 else "it"
-                raise ConfigError(f"--task detection does not use {shown}: drop {them} (detection trains in float32 "
-                                  "with its own augmentation)")  # fmt: skip
+                why = "detection trains in float32 with its own augmentation"
+                raise ConfigError(f"--task detection does not use {shown}: drop {them} ({why})")
         elif self.data == "coco":
             raise ConfigError("--data coco holds boxes: train a detector on it with --task detection")
 

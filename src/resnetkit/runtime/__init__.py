@@ -6,6 +6,13 @@ from resnetkit.runtime.load import Loaded, load_model
 from resnetkit.runtime.predictor import Predictor, top_classes
 
 __all__ = [
-    "Loaded", "LoadedModel", "OnnxRuntimeModule", "Predictor", "file_format", "host_threads", "load_exported",
-    "load_model", "top_classes",
-]  # fmt: skip
+    "Loaded",
+    "LoadedModel",
+    "OnnxRuntimeModule",
+    "Predictor",
+    "file_format",
+    "host_threads",
+    "load_exported",
+    "load_model",
+    "top_classes",
+]

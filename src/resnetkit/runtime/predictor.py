@@ -120,10 +120,14 @@ class Predictor:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "model": self.architecture or "onnx", "source": self.source, "classes": self.classes,
-            "preprocessing": self.preprocessing.to_dict(), "runtime": self.runtime, "precision": self.precision,
+            "model": self.architecture or "onnx",
+            "source": self.source,
+            "classes": self.classes,
+            "preprocessing": self.preprocessing.to_dict(),
+            "runtime": self.runtime,
+            "precision": self.precision,
             "gradients": self.supports_gradients,
-        }  # fmt: skip
+        }
 
     # --- running it ----------------------------------------------------------------------------------------------
     @property
@@ -156,9 +160,9 @@ class Predictor:
         key = (compile, fold_bn)
         if key not in self._runnable:
             model = self._loaded.model
-            fast = model if not self.supports_gradients else speed_up_for_inference(model, fold_bn=fold_bn,
-                                                                                     compile=compile)  # fmt: skip
-            self._runnable[key] = fast
+            if self.supports_gradients:
+                model = speed_up_for_inference(model, fold_bn=fold_bn, compile=compile)
+            self._runnable[key] = model
         return self._runnable[key]
 
     @contextlib.contextmanager
