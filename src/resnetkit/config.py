@@ -23,6 +23,7 @@ DETECTION_IGNORES = frozenset({
 # detectors `train --task detection` fine-tunes (boxes only: no masks or keypoints in the COCO reader yet)
 TRAINABLE_DETECTORS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "retinanet_v2")
 SCHEDULES = ("paper", "cosine", "onecycle", "constant")
+OPTIMIZERS = ("sgd", "adamw")  # adamw: momentum is its beta1
 AUGMENTS = ("auto", "cifar", "imagenet", "none")
 FINETUNE_STRATEGIES = ("full", "linear", "last")
 AMP_DTYPES = ("auto", "bfloat16", "float16")
@@ -122,7 +123,7 @@ class TrainConfig:
         _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
         _choice("dtype", self.dtype, DTYPES)
         _choice("data_mode", self.data_mode, DATA_MODES)
-        _choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
         _choice("augment_policy", self.augment_policy, AUGMENT_POLICIES)
         _choice("task", self.task, TASKS)
         self._validate_task()

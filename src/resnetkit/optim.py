@@ -9,6 +9,8 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+from resnetkit.config import OPTIMIZERS
+
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
     """One group, or two with BatchNorm parameters and biases (all 1-d tensors) excluded from weight decay."""
@@ -19,9 +21,6 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) 
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-OPTIMIZERS = ("sgd", "adamw")
 
 
 def build_sgd(
