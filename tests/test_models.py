@@ -56,6 +56,22 @@ def test_unknown_model_lists_close_matches() -> None:
         resnetkit.create_model("resnet5")
 
 
+@pytest.mark.parametrize(
+    ("name", "preset"),
+    [("resnet20", "cifar"), ("plain56", "cifar"), ("preact_resnet110", "cifar"), ("resnet18", "imagenet"),
+     ("resnext50_32x4d", "imagenet"), ("wide_resnet50_2", "imagenet")],
+)  # fmt: skip
+def test_each_family_says_its_preprocessing_preset(name: str, preset: str) -> None:
+    """The preset is carried by the model's data config (and its weights'), never guessed from crop_pct."""
+    from resnetkit.models import resolve_data_config
+    from resnetkit.runtime import Predictor
+
+    assert resnetkit.create_model(name).default_cfg.preset == preset
+    assert resolve_data_config(name).preset == preset
+    if name == "resnet20":
+        assert Predictor.load("resnet20.rk_cifar10").preprocessing.kind == "cifar"
+
+
 def test_model_api_reset_classifier_and_default_cfg() -> None:
     model = resnetkit.create_model("resnet20")
     assert model.default_cfg.input_size == (3, 32, 32) and model.default_cfg.crop_pct == 1.0

@@ -70,9 +70,8 @@ def _bare(net: torch.nn.Module, name: str) -> Loaded:
     """An architecture's default preprocessing and numbered classes (weights without a record carry neither)."""
     get_model_entry(name)
     cfg = resolve_data_config(name, None)
-    kind = "cifar" if cfg.crop_pct >= 1.0 else "imagenet"
     classes = [str(i) for i in range(net.num_classes)]
-    return Loaded(net, preprocessing_for(cfg, kind), classes, name)
+    return Loaded(net, preprocessing_for(cfg, cfg.preset), classes, name)
 
 
 def _sha256(loaded: Loaded) -> str:

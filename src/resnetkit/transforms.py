@@ -15,6 +15,7 @@ class DataConfig:
     """What a data pipeline needs to feed a model: read from `model.default_cfg`, never retyped.
 
     `crop_pct` follows timm: evaluation resizes the short side to size / crop_pct, then center-crops `size`.
+    `preset` says which preprocessing the model's weights were made with, explicitly (never guessed from crop_pct).
     `first_conv` and `classifier` (timm's pretrained_cfg fields) name the model's first convolution and its
     head, the two modules that loading weights adapts to another number of input channels or classes; the
     model sets them, so the weights layer never hard-codes an architecture's module names.
@@ -27,6 +28,7 @@ class DataConfig:
     crop_pct: float = 0.875
     first_conv: str | None = None
     classifier: str | None = None
+    preset: str = "imagenet"  # the preprocessing its weights expect: "cifar" (pad-and-crop, no resize) or "imagenet"
 
     def with_channels(self, in_chans: int) -> DataConfig:
         """The same config for an input with `in_chans` channels (mean/std averaged when they no longer fit)."""

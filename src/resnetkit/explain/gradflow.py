@@ -147,7 +147,7 @@ def run_gradflow(
         torch.manual_seed(seed)
         model = create_model(name, num_classes=10)
         cfg = model.default_cfg
-        pre = preprocessing_for(cfg, "cifar" if cfg.crop_pct >= 1.0 else "imagenet")
+        pre = preprocessing_for(cfg, cfg.preset)
         if pre.storage_size not in datasets:
             datasets[pre.storage_size] = load_eval_split(data, data_dir, "train", pre, download=download)
         ds = datasets[pre.storage_size]

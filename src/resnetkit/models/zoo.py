@@ -12,7 +12,7 @@ from resnetkit.models.resnet import ResNet
 from resnetkit.transforms import DataConfig
 
 IMAGENET_CFG = DataConfig(input_size=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, crop_pct=0.875)
-CIFAR_CFG = DataConfig(input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=1.0)
+CIFAR_CFG = DataConfig(input_size=(3, 32, 32), mean=CIFAR10_MEAN, std=CIFAR10_STD, crop_pct=1.0, preset="cifar")
 
 _IMAGENET_DEPTHS: dict[int, tuple[type[ResidualBlock], tuple[int, ...]]] = {
     18: (BasicBlock, (2, 2, 2, 2)),

@@ -44,9 +44,8 @@ def load_model(source: str | Path) -> Loaded:
     if isinstance(source, str) and is_weights_name(source):
         entry = get_classification_weights(source)
         model = create_model(entry.architecture, weights=source).eval()
-        kind = "cifar" if entry.data_config.crop_pct >= 1.0 else "imagenet"
         file = SHIPPED / entry.url if entry.shipped else None
-        pre = preprocessing_for(entry.data_config, kind)
+        pre = preprocessing_for(entry.data_config, entry.data_config.preset)
         return Loaded(model, pre, list(entry.classes), entry.architecture, file=file, sha256=entry.sha256)
     if file_format(source) is not None:
         exported = load_exported(source)
