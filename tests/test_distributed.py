@@ -183,6 +183,7 @@ def test_two_processes_follow_one_process(tmp_path: Path, keep_threads) -> None:
         assert torch.allclose(value, b["model"][key], rtol=0, atol=1e-8), key  # integer counters: exactly
     rows = [[json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (one, two)]
     assert [r["step"] for r in rows[0]] == [r["step"] for r in rows[1]] == [5, 10]
+    assert rows[0][1]["train_loss"] < rows[0][0]["train_loss"] - 0.1, rows[0]  # training moves (epoch means)
     exact = ("train_top1", "test_top1", "test_top5", "test_n", "lr")
     for ra, rb in zip(*rows, strict=True):
         assert [ra[k] for k in exact] == [rb[k] for k in exact] and rb["test_n"] == 250

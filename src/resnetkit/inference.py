@@ -104,7 +104,7 @@ def predict_split(
     model = predictor.runnable(predictor.should_compile(len(ds)) if compile is None else compile)
     loader = loader_for(ds, pre, workers=stream_workers(workers), strict=False, batch_size=batch_size, train=False,
                         memory_format=predictor.memory_format)  # fmt: skip
-    with predictor.running(model):
+    with predictor.running():
         logits, labels, single = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
     left_out = set(getattr(loader, "skipped", ()))  # streamed: unreadable files found on the way
@@ -179,17 +179,17 @@ def predict_files(
     at the first such file instead. A missing path or no image file at all raises DataError either way."""
     from resnetkit.data.folder import list_image_files
 
-    predictor = Predictor.load(checkpoint)
-    model = predictor.runnable(compile=False)  # a few images: a compile would not pay off
+    predictor = Predictor.load(checkpoint)  # a few images: no compile (it would not pay off)
     files = list_image_files(paths)
     results: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):
         chunk = files[start : start + batch_size]
         images = [_read_image(f, predictor.preprocessing.storage_size, strict=strict) for f in chunk]
         decoded = [x for x in images if isinstance(x, torch.Tensor)]
-        with predictor.running(model):
-            probs = predictor.probabilities(torch.stack(decoded), model) if decoded else torch.empty(0, 1)
-        tops = iter(predictor.topk(probs, topk) if decoded else [])
+        tops = iter([])
+        if decoded:
+            with predictor.running():
+                tops = iter(predictor.topk(predictor.probabilities(torch.stack(decoded)), topk))
         for f, x in zip(chunk, images, strict=True):
             results.append({"path": str(f), "error": x} if isinstance(x, str) else {"path": str(f), "top": next(tops)})
     return results

@@ -17,6 +17,7 @@ from torch import nn
 
 from resnetkit.engine.fastpath import should_compile, speed_up_for_inference
 from resnetkit.errors import ExportError
+from resnetkit.models import count_macs
 from resnetkit.runtime.exported import host_threads
 from resnetkit.runtime.load import Loaded, load_model
 from resnetkit.transforms import Preprocessing
@@ -147,8 +148,6 @@ class Predictor:
 
     def should_compile(self, images: int) -> bool:
         """Whether a compiled graph pays for itself on `images` images (PyTorch sources only)."""
-        from resnetkit.models import count_macs
-
         if not self.supports_gradients:
             return False
         size = self.preprocessing.size
@@ -166,9 +165,9 @@ class Predictor:
         return self._runnable[key]
 
     @contextlib.contextmanager
-    def running(self, module: nn.Module | None = None) -> Iterator[None]:
+    def running(self) -> Iterator[None]:
         """Around a loop that feeds the model: the host threads its runtime wants (see runtime.host_threads)."""
-        with host_threads(module if module is not None else self.runnable()):
+        with host_threads(self._loaded.model):
             yield
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -177,13 +176,13 @@ class Predictor:
         return self.preprocessing.eval_batch(images, self.memory_format)
 
     @torch.inference_mode()
-    def logits(self, batch: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
-        """float32 logits of a prepared batch."""
-        return (module if module is not None else self.runnable())(batch).float()
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """float32 logits of a prepared batch, from `runnable()` (no compile: made once, on the first call)."""
+        return self.runnable()(batch).float()
 
-    def probabilities(self, images: torch.Tensor, module: nn.Module | None = None) -> torch.Tensor:
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities of a uint8 batch."""
-        return self.logits(self.prepare(images), module).softmax(dim=1)
+        return self.logits(self.prepare(images)).softmax(dim=1)
 
     def topk(self, probs: torch.Tensor, k: int) -> list[list[dict[str, Any]]]:
         """The k most probable classes of each row of `probs` (k capped at the number of classes), most probable

@@ -44,7 +44,7 @@ class Service:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
         self.predictor = Predictor.load(self.settings.checkpoint)
-        self.model = self.predictor.runnable(compile=False)
+        self.predictor.runnable()  # the fast path, made once before the first request
         s = self.settings
         self.batcher = DynamicBatcher(self.forward, max_batch=s.max_batch, max_delay_s=s.max_delay_ms / 1000,
                                       max_queue=s.max_queue, observe=self.metrics.observe_batch)  # fmt: skip
@@ -52,7 +52,7 @@ class Service:
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities of a uint8 batch, prepared as `resnetkit predict` prepares it."""
-        return self.predictor.probabilities(images, self.model)
+        return self.predictor.probabilities(images)
 
     def warm_up(self) -> None:
         size = self.predictor.preprocessing.storage_size
@@ -63,7 +63,7 @@ class Service:
     async def lifespan(self, app: Any) -> AsyncIterator[None]:
         """Load and warm the model off the event loop, serve, then drain the queue (SIGTERM lands here)."""
         await asyncio.to_thread(self.load)
-        with self.predictor.running(self.model):
+        with self.predictor.running():
             await asyncio.to_thread(self.warm_up)
             self.batcher.start()
             self.ready = True
