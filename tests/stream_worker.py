@@ -37,8 +37,16 @@ def main() -> None:
         pre = preprocessing_for(create_model("resnet18").default_cfg, "imagenet", 32)
         train, _ = stream_image_folder(args.folder, *transforms_for(pre))
         data = Recording([(Path(p), y) for p, y in train.samples], train.classes, train.info, train.transform)
-        loader = StreamLoader(data, pre, batch_size=args.batch_size, train=True, seed=0, rank=env.rank,
-                              world_size=env.world_size, workers=0)  # fmt: skip
+        loader = StreamLoader(
+            data,
+            pre,
+            batch_size=args.batch_size,
+            train=True,
+            seed=0,
+            rank=env.rank,
+            world_size=env.world_size,
+            workers=0,
+        )
         shapes = [tuple(x.shape) for x, _ in loader.epoch(args.epoch)]
         files = [data.samples[i][0] for i in Recording.seen]
         args.out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ PLANNED: set[str] = set()
 FORBIDDEN = {"serve": {"engine"}}
 DOC = PACKAGE.parents[1] / "docs" / "ARCHITECTURE.md"
 ENTRY_POINTS = {"__init__", "__main__"}
-MAX_FUNCTION_LINES = 50  # ARCHITECTURE.md: "functions short enough to read on one screen"
+MAX_FUNCTION_LINES = 60  # ARCHITECTURE.md: "functions short enough to read on one screen", on ruff-formatted code
 
 
 def _top(module_path: Path) -> str:
@@ -174,9 +174,12 @@ def test_the_checker_catches_a_violation() -> None:
         "from resnetkit import distributed, __version__\nimport resnetkit.__main__\nimport torch\n"
     )
     assert _imports(ast.parse(source), "resnetkit.models.fake")[:5] == [
-        "resnetkit.engine.train", "resnetkit.cli.main", "resnetkit.engine.loop", "resnetkit.models.blocks",
+        "resnetkit.engine.train",
+        "resnetkit.cli.main",
+        "resnetkit.engine.loop",
+        "resnetkit.models.blocks",
         "resnetkit.models.blocks.BasicBlock",
-    ]  # fmt: skip
+    ]
     assert _layer_violations("resnetkit.models.fake", source) == [
         "resnetkit.models.fake imports resnetkit.engine.train",
         "resnetkit.models.fake imports resnetkit.cli.main",
@@ -212,11 +215,11 @@ def test_the_long_function_checker_catches_a_violation() -> None:
         """Source of a function exactly `lines` lines long: its `def` line and lines - 1 statements."""
         return f"{indent}{kind} {name}():\n" + "".join(f"{indent}    x = {i}\n" for i in range(lines - 1))
 
-    source = function("fits", 50) + "class A:\n" + function("too_long", 51, "    ", "async def")
-    assert _long_functions("resnetkit.fake", source) == ["resnetkit.fake.too_long (line 52): 51 lines"]
-    assert _long_functions("resnetkit.fake", "def outer():\n" + function("inner", 51, "    ")) == [
-        "resnetkit.fake.outer (line 1): 52 lines",
-        "resnetkit.fake.inner (line 2): 51 lines",
+    source = function("fits", 60) + "class A:\n" + function("too_long", 61, "    ", "async def")
+    assert _long_functions("resnetkit.fake", source) == ["resnetkit.fake.too_long (line 62): 61 lines"]
+    assert _long_functions("resnetkit.fake", "def outer():\n" + function("inner", 61, "    ")) == [
+        "resnetkit.fake.outer (line 1): 62 lines",
+        "resnetkit.fake.inner (line 2): 61 lines",
     ]
 
 

@@ -34,8 +34,10 @@ def _checked(out: str, flops_per_image: float) -> dict:
 
 
 def test_bench_infer_json_line(capsys) -> None:
-    assert main(["-q", "bench", "infer", "--model", "resnet20", "--batch-size", "4", "--seconds", "0.2",
-                 "--no-compile"]) == 0  # fmt: skip
+    assert (
+        main(["-q", "bench", "infer", "--model", "resnet20", "--batch-size", "4", "--seconds", "0.2", "--no-compile"])
+        == 0
+    )
     result = _checked(capsys.readouterr().out, 2 * RESNET20_MACS)
     assert KEYS <= set(result) and result["bench"] == "infer" and result["max_abs_diff"] < 1e-4  # same outputs
     for prefix in ("", "baseline_"):  # one batch of 4 per latency

@@ -100,8 +100,20 @@ def test_kd_loss_is_the_softened_kl_divergence_times_t_squared() -> None:
 
 
 def _tiny_cfg(out: Path, **changes) -> TrainConfig:
-    base = dict(model="resnet20", data="sample", epochs=1, max_steps=3, batch_size=16, train_subset=64,
-                test_subset=32, amp=False, progress=False, threads=1, seed=5, out=str(out))  # fmt: skip
+    base = dict(
+        model="resnet20",
+        data="sample",
+        epochs=1,
+        max_steps=3,
+        batch_size=16,
+        train_subset=64,
+        test_subset=32,
+        amp=False,
+        progress=False,
+        threads=1,
+        seed=5,
+        out=str(out),
+    )
     return TrainConfig(**{**base, **changes})
 
 
@@ -147,9 +159,24 @@ def test_prune_finetune_reload_in_a_fresh_process_and_export(tmp_path: Path, cap
     data = shared_data("cifar-10-batches-bin")
     run = tmp_path / "pruned"
     code, out, err = cli(
-        capsys, "prune", "--checkpoint", "resnet20.rk_cifar10", "--target-macs", "0.5", "--method", "l1",
-        "--data", "cifar10", "--data-dir", str(data), "--epochs", "1", "--out", str(run), *TINY,
-    )  # fmt: skip
+        capsys,
+        "prune",
+        "--checkpoint",
+        "resnet20.rk_cifar10",
+        "--target-macs",
+        "0.5",
+        "--method",
+        "l1",
+        "--data",
+        "cifar10",
+        "--data-dir",
+        str(data),
+        "--epochs",
+        "1",
+        "--out",
+        str(run),
+        *TINY,
+    )
     assert code == 0, err
     assert "% of its MACs" in out and "completed after 4 steps" in out
     record = json.loads((run / "prune.json").read_text())
@@ -167,8 +194,9 @@ def test_prune_finetune_reload_in_a_fresh_process_and_export(tmp_path: Path, cap
     _exports_like_torch(capsys, run, tmp_path / "pruned.onnx")
     # predict and explain rebuild it too, with no extra flags
     image = tmp_path / "cifar0.png"
-    Image.fromarray(np.asarray(load_cifar(str(data), "cifar10", "test", progress=False).images[0].permute(1, 2, 0)))\
-        .save(image)  # fmt: skip
+    Image.fromarray(
+        np.asarray(load_cifar(str(data), "cifar10", "test", progress=False).images[0].permute(1, 2, 0))
+    ).save(image)
     code, out, err = cli(capsys, "predict", "--checkpoint", str(run), "--json", str(image))
     assert code == 0 and len(json.loads(out)[0]["top"]) == 3, err  # predict shows the top 3 by default
     code, out, err = cli(

@@ -27,8 +27,14 @@ from conftest import shared_data
 
 # A small Faster R-CNN: ResNet-18 FPN at 128 px, fewer proposals and sampled boxes than torchvision's defaults (the
 # box head's 12.8M-parameter MLP runs once per sampled box).
-SMALL = {"rpn_pre_nms_top_n_train": 200, "rpn_post_nms_top_n_train": 100, "rpn_pre_nms_top_n_test": 100,
-         "rpn_post_nms_top_n_test": 50, "box_batch_size_per_image": 32, "rpn_batch_size_per_image": 64}  # fmt: skip
+SMALL = {
+    "rpn_pre_nms_top_n_train": 200,
+    "rpn_post_nms_top_n_train": 100,
+    "rpn_pre_nms_top_n_test": 100,
+    "rpn_post_nms_top_n_test": 50,
+    "box_batch_size_per_image": 32,
+    "rpn_batch_size_per_image": 64,
+}
 
 
 def write_coco(root: Path, n: dict[str, int], side: int = 128, layout: str = "roboflow", seed: int = 0) -> Path:
@@ -52,8 +58,16 @@ def write_coco(root: Path, n: dict[str, int], side: int = 128, layout: str = "ro
                     crop = photo.convert("RGB").resize((size, size))
                 x, y = sx + rng.randint(0, side // 2 - size), sy + rng.randint(0, side // 2 - size)
                 canvas.paste(crop, (x, y))
-                anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": 1 if cls == "cat" else 2,
-                             "bbox": [x, y, size, size], "area": size * size, "iscrowd": 0})  # fmt: skip
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": i + 1,
+                        "category_id": 1 if cls == "cat" else 2,
+                        "bbox": [x, y, size, size],
+                        "area": size * size,
+                        "iscrowd": 0,
+                    }
+                )
             canvas.save(folder / f"{i:04d}.jpg", quality=92)
             images.append({"id": i + 1, "file_name": f"{i:04d}.jpg", "width": side, "height": side})
         categories = [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}]
@@ -74,10 +88,38 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 
 def _train_args(data: Path, out: Path, *extra: str) -> list[str]:
     """A small Faster R-CNN run (detection trains in float32: --no-amp is all it accepts of the precision flags)."""
-    return ["train", "--task", "detection", "--data", "coco", "--data-dir", str(data), "--model", "resnet18",
-            "--detector", "fasterrcnn", "--img-size", "128", "--batch-size", "4", "--lr", "0.01", "--threads", "2",
-            "--no-progress", "--out", str(out), "--set", f"model_kwargs={json.dumps(SMALL)}", "--set", "warmup_steps=6",
-            "--set", "grad_clip=10.0", "--no-amp", *extra]  # fmt: skip
+    return [
+        "train",
+        "--task",
+        "detection",
+        "--data",
+        "coco",
+        "--data-dir",
+        str(data),
+        "--model",
+        "resnet18",
+        "--detector",
+        "fasterrcnn",
+        "--img-size",
+        "128",
+        "--batch-size",
+        "4",
+        "--lr",
+        "0.01",
+        "--threads",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+        "--set",
+        f"model_kwargs={json.dumps(SMALL)}",
+        "--set",
+        "warmup_steps=6",
+        "--set",
+        "grad_clip=10.0",
+        "--no-amp",
+        *extra,
+    ]
 
 
 def _break(root: Path, how: str) -> None:
@@ -121,14 +163,33 @@ def test_malformed_coco_data_is_one_line(how: str, message: str, tmp_path: Path,
 def test_detection_options_are_checked(tmp_path: Path, capsys) -> None:
     for args, message in (
         (["train", "--task", "detection", "--data", "folder", "--data-dir", str(tmp_path)], "--data coco --data-dir"),
-        (["train", "--task", "detection", "--data", "coco", "--data-dir", str(tmp_path), "--detector", "maskrcnn"],
-         "unknown detector 'maskrcnn'"),
+        (
+            ["train", "--task", "detection", "--data", "coco", "--data-dir", str(tmp_path), "--detector", "maskrcnn"],
+            "unknown detector 'maskrcnn'",
+        ),
         (["train", "--task", "detection", "--data", "coco", "--data-dir", str(tmp_path)], "no COCO-format training"),
-        (["train", "--task", "detection", "--data", "coco", "--data-dir", str(tmp_path), "--set", "mixup=0.2"],
-         "--task detection does not use mixup=0.2: drop it"),
-        (["train", "--task", "detection", "--data", "coco", "--data-dir", str(tmp_path), "--amp", "--label-smoothing",
-          "0.1", "--set", "ema_decay=0.99"], "does not use amp=True, label_smoothing=0.1, ema_decay=0.99: drop them"),
-    ):  # fmt: skip
+        (
+            ["train", "--task", "detection", "--data", "coco", "--data-dir", str(tmp_path), "--set", "mixup=0.2"],
+            "--task detection does not use mixup=0.2: drop it",
+        ),
+        (
+            [
+                "train",
+                "--task",
+                "detection",
+                "--data",
+                "coco",
+                "--data-dir",
+                str(tmp_path),
+                "--amp",
+                "--label-smoothing",
+                "0.1",
+                "--set",
+                "ema_decay=0.99",
+            ],
+            "does not use amp=True, label_smoothing=0.1, ema_decay=0.99: drop them",
+        ),
+    ):
         code, _, err = cli(capsys, *args)
         assert code == 2 and err.count("\n") == 1 and message in err, err
 
@@ -143,8 +204,9 @@ def test_detection_finetune_learns_and_detects(tmp_path: Path, capsys) -> None:
     """From random weights, 40 steps (a few CPU minutes): the loss falls and validation mAP@0.5 rises past 0.4."""
     data = write_coco(tmp_path / "coco", {"train": 64, "val": 16}, layout="coco")
     run = tmp_path / "run"
-    code, out, err = cli(capsys, *_train_args(data, run, "--epochs", "5", "--batch-size", "8", "--lr", "0.02",
-                                              "--set", "warmup_steps=8"))  # fmt: skip
+    code, out, err = cli(
+        capsys, *_train_args(data, run, "--epochs", "5", "--batch-size", "8", "--lr", "0.02", "--set", "warmup_steps=8")
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5] and {"val_map", "val_map_75", "train_images_per_s"} <= rows[
@@ -156,8 +218,18 @@ def test_detection_finetune_learns_and_detects(tmp_path: Path, capsys) -> None:
     assert (run / "curves.png").is_file() and (run / "checkpoints" / "best.pt").is_file()
     assert "val_map_50" in out  # the closing report line
     photo = data / "val" / "0000.jpg"
-    code, out, err = cli(capsys, "detect", "--checkpoint", str(run), str(photo), "--score", "0.5", "--json",
-                         "--out", str(tmp_path / "overlays"))  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "detect",
+        "--checkpoint",
+        str(run),
+        str(photo),
+        "--score",
+        "0.5",
+        "--json",
+        "--out",
+        str(tmp_path / "overlays"),
+    )
     assert code == 0, err
     (record,) = json.loads(out)
     truth = json.loads((data / "annotations" / "instances_val.json").read_text())["annotations"]
@@ -229,8 +301,18 @@ def test_detection_trains_under_torchrun_with_two_processes(tmp_path: Path) -> N
     data = write_coco(tmp_path / "coco", {"train": 16, "val": 4})
     run = tmp_path / "run"
     args = [a for a in _train_args(data, run, "--epochs", "1") if a != "train"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "resnetkit",
-           "train", *args]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "resnetkit",
+        "train",
+        *args,
+    ]
     cmd[cmd.index("--threads") + 1] = "1"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = procs.run(cmd, env=env, timeout=600)

@@ -348,9 +348,21 @@ def _launched(monkeypatch: pytest.MonkeyPatch, capsys, *args: str, **env: str) -
 
 def test_batch_not_divisible_by_world_size_is_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
     code, lines = _launched(
-        monkeypatch, capsys, "train", *SAMPLE_RUN, "--batch-size", "64", "--max-steps", "1", "--out",
-        str(tmp_path / "r"), RANK="0", WORLD_SIZE="3", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()),
-    )  # fmt: skip
+        monkeypatch,
+        capsys,
+        "train",
+        *SAMPLE_RUN,
+        "--batch-size",
+        "64",
+        "--max-steps",
+        "1",
+        "--out",
+        str(tmp_path / "r"),
+        RANK="0",
+        WORLD_SIZE="3",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+    )
     assert code == 2 and not torch.distributed.is_initialized()
     assert lines == [
         "resnetkit: error: batch_size 64 (the global batch) is not divisible by the 3 processes; choose a multiple of 3"
@@ -363,10 +375,22 @@ def test_unreachable_rendezvous_fails_after_the_timeout(tmp_path: Path, monkeypa
         held.bind(("127.0.0.1", 0))
         port = held.getsockname()[1]
         code, lines = _launched(
-            monkeypatch, capsys, "train", *SAMPLE_RUN, "--set", "dist_timeout=2", "--max-steps", "1", "--out",
-            str(tmp_path / "r"), RANK="1", WORLD_SIZE="2", LOCAL_RANK="1", MASTER_ADDR="127.0.0.1",
+            monkeypatch,
+            capsys,
+            "train",
+            *SAMPLE_RUN,
+            "--set",
+            "dist_timeout=2",
+            "--max-steps",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            RANK="1",
+            WORLD_SIZE="2",
+            LOCAL_RANK="1",
+            MASTER_ADDR="127.0.0.1",
             MASTER_PORT=str(port),
-        )  # fmt: skip
+        )
     assert code == 2 and not torch.distributed.is_initialized()
     assert len(lines) == 1 and f"rank 1 could not join the process group at 127.0.0.1:{port} within 2 s" in lines[0]
 

@@ -17,8 +17,19 @@ from resnetkit.engine.runner import run_training
 
 import faults
 
-TINY = dict(model="resnet20", data="sample", epochs=2, max_steps=6, batch_size=32, train_subset=96, test_subset=64,
-            amp=False, progress=False, threads=1, seed=2)  # fmt: skip
+TINY = dict(
+    model="resnet20",
+    data="sample",
+    epochs=2,
+    max_steps=6,
+    batch_size=32,
+    train_subset=96,
+    test_subset=64,
+    amp=False,
+    progress=False,
+    threads=1,
+    seed=2,
+)
 
 
 def test_the_ema_is_the_running_average_of_the_weights_after_each_step(tmp_path: Path) -> None:
@@ -37,9 +48,11 @@ def test_the_ema_is_the_running_average_of_the_weights_after_each_step(tmp_path:
     expected = None
     for step, weights in enumerate(snapshots, start=1):
         if step % 2 == 0:  # updates after steps 2, 4, 6; the first one copies
-            expected = weights if expected is None else {
-                k: (0.75 * expected[k] + 0.25 * v) if v.is_floating_point() else v for k, v in weights.items()
-            }  # fmt: skip
+            expected = (
+                weights
+                if expected is None
+                else {k: (0.75 * expected[k] + 0.25 * v) if v.is_floating_point() else v for k, v in weights.items()}
+            )
     ckpt = load_checkpoint(tmp_path / "run")
     for key in ("conv1.weight", "layer2.1.bn2.running_var", "fc.bias"):
         torch.testing.assert_close(ckpt["ema"]["weights"][key], expected[key], rtol=1e-5, atol=1e-6)
@@ -52,9 +65,25 @@ def test_the_ema_is_the_running_average_of_the_weights_after_each_step(tmp_path:
 
 
 def test_a_resumed_run_continues_the_ema_exactly(tmp_path: Path, capsys, monkeypatch) -> None:
-    args = ["train", "--data", "sample", "--model", "resnet20", "--epochs", "2", "--batch-size", "32",
-            "--train-subset", "96", "--no-progress", "--threads", "1", "--no-amp",
-            "--set", "ema_decay=0.9"]  # fmt: skip
+    args = [
+        "train",
+        "--data",
+        "sample",
+        "--model",
+        "resnet20",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--train-subset",
+        "96",
+        "--no-progress",
+        "--threads",
+        "1",
+        "--no-amp",
+        "--set",
+        "ema_decay=0.9",
+    ]
     assert main(["-q", *args, "--out", str(tmp_path / "straight")]) == 0
     with monkeypatch.context() as patch:
         patch.setattr(runner, "run_training", faults.with_callbacks([faults.sigint_at(4)]))

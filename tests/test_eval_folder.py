@@ -23,8 +23,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 OWN_PER_CLASS, OTHER_PER_CLASS = 20, 15  # files copied per class into the training folder and into another folder
 LAYOUT_TRAIN, LAYOUT_VAL = 6, 7  # per class, in a third folder with train/ and val/
-TRAIN = ["--config", "cats_vs_dogs", "--img-size", "32", "--max-steps", "1", "--batch-size", "8", "--no-progress",
-         "--threads", "1"]  # fmt: skip
+TRAIN = [
+    "--config",
+    "cats_vs_dogs",
+    "--img-size",
+    "32",
+    "--max-steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--no-progress",
+    "--threads",
+    "1",
+]
 
 
 @dataclass
@@ -67,8 +78,21 @@ def _files(root: Path) -> list[str]:
 
 def _eval(capsys: pytest.CaptureFixture[str], checkpoint: Path | str, data_dir: Path | str, *extra: str) -> dict:
     capsys.readouterr()
-    code = main(["-q", "eval", "--checkpoint", str(checkpoint), "--data", "folder", "--data-dir", str(data_dir),
-                 "--no-compile", "--json", *extra])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--data",
+            "folder",
+            "--data-dir",
+            str(data_dir),
+            "--no-compile",
+            "--json",
+            *extra,
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     return json.loads(out)
@@ -80,8 +104,22 @@ def test_a_folder_the_checkpoint_was_not_trained_on_is_scored_whole(folders: Fol
     assert sum(map(sum, res["confusion_matrix"])) == 2 * OTHER_PER_CLASS
     assert res["split"] == "all" and res["requested_split"] == "test" and res["source"] == str(folders.other.resolve())
     assert res["scored"] == f"all of {folders.other.resolve()} (not the checkpoint's training folder)"
-    assert main(["-q", "eval", "--checkpoint", str(folders.run), "--data", "folder", "--data-dir", str(folders.other),
-                 "--no-compile"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(folders.run),
+                "--data",
+                "folder",
+                "--data-dir",
+                str(folders.other),
+                "--no-compile",
+            ]
+        )
+        == 0
+    )
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"scored 30 images: all of {folders.other.resolve()} (not the checkpoint's training folder)"
 
@@ -117,8 +155,11 @@ def test_exported_files_score_the_held_out_images_their_checkpoint_scores(folder
     training folder scores exactly the held-out images the checkpoint scores, and says it is that folder."""
     recorded = json.loads((folders.run / "run.json").read_text())["datasets"]["test"]["held_out"]
     files = {"onnx": tmp_path / "m.onnx", "int8": tmp_path / "m8.onnx", "pt2": tmp_path / "m.pt2"}
-    for kind, extra in (("onnx", []), ("int8", ["--int8", "--data", "folder", "--data-dir", str(folders.own)]),
-                        ("pt2", ["--format", "pt2"])):  # fmt: skip
+    for kind, extra in (
+        ("onnx", []),
+        ("int8", ["--int8", "--data", "folder", "--data-dir", str(folders.own)]),
+        ("pt2", ["--format", "pt2"]),
+    ):
         assert main(["-q", "export", "--checkpoint", str(folders.run), *extra, "--out", str(files[kind])]) == 0, kind
     for kind, file in files.items():
         preds = predict_split(file, "folder", str(folders.own), progress=False, compile=False)
@@ -151,16 +192,40 @@ def test_a_train_val_folder_is_scored_on_the_part_asked_for(folders: Folders, ca
 
 
 def test_train_split_of_a_foreign_folder_of_class_sub_folders_is_an_error(folders: Folders, capsys) -> None:
-    code = main(["-q", "eval", "--checkpoint", str(folders.run), "--data", "folder", "--data-dir", str(folders.other),
-                 "--split", "train"])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "eval",
+            "--checkpoint",
+            str(folders.run),
+            "--data",
+            "folder",
+            "--data-dir",
+            str(folders.other),
+            "--split",
+            "train",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert str(folders.other) in err and "no training part" in err and "split 'all'" in err
 
 
 def test_unknown_split_is_an_error(folders: Folders, capsys) -> None:
-    code = main(["-q", "eval", "--checkpoint", str(folders.run), "--data", "folder", "--data-dir", str(folders.other),
-                 "--split", "tset"])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "eval",
+            "--checkpoint",
+            str(folders.run),
+            "--data",
+            "folder",
+            "--data-dir",
+            str(folders.other),
+            "--split",
+            "tset",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "unknown split 'tset' for an image folder; choose from train, val, test, all" in err
 
@@ -180,8 +245,23 @@ def test_a_changed_training_folder_is_warned_about(folders: Folders, caplog, tmp
 
 
 def test_report_says_what_it_scored(folders: Folders, capsys, tmp_path: Path) -> None:
-    code = main(["-q", "report", "--checkpoint", str(folders.run), "--data", "folder", "--data-dir", str(folders.other),
-                 "--no-compile", "--out", str(tmp_path / "report"), "--format", "markdown"])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "report",
+            "--checkpoint",
+            str(folders.run),
+            "--data",
+            "folder",
+            "--data-dir",
+            str(folders.other),
+            "--no-compile",
+            "--out",
+            str(tmp_path / "report"),
+            "--format",
+            "markdown",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert f"scored 30 images: all of {folders.other.resolve()} (not the checkpoint's training folder)" in out
@@ -197,5 +277,7 @@ def test_cifar_eval_says_what_it_scored(capsys) -> None:
     code = main(["-q", "eval", "--checkpoint", "resnet20.rk_cifar10", "--data", "sample", "--no-compile"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert out.splitlines()[0] == "scored 500 images: the cifar10-sample test set in resnetkit/data/sample/" \
-        "cifar10_sample_test.bin.gz"  # fmt: skip
+    assert (
+        out.splitlines()[0] == "scored 500 images: the cifar10-sample test set in resnetkit/data/sample/"
+        "cifar10_sample_test.bin.gz"
+    )

@@ -34,9 +34,26 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_degradation_end_to_end_on_a_tiny_budget(tmp_path: Path, capsys) -> None:
-    args = ["experiment", "degradation", "--data", "sample", "--models", "plain20", "resnet20", "--epochs", "2",
-            "--train-subset", "128", "--test-subset", "100", "--set", "warmup_epochs=1", "--out", str(tmp_path),
-            "--no-progress"]  # fmt: skip
+    args = [
+        "experiment",
+        "degradation",
+        "--data",
+        "sample",
+        "--models",
+        "plain20",
+        "resnet20",
+        "--epochs",
+        "2",
+        "--train-subset",
+        "128",
+        "--test-subset",
+        "100",
+        "--set",
+        "warmup_epochs=1",
+        "--out",
+        str(tmp_path),
+        "--no-progress",
+    ]
     code, out, err = cli(capsys, *args)
     assert code == 0, err
     assert f"figure: {tmp_path / 'degradation.png'}   data: {tmp_path / 'degradation.csv'}" in out
@@ -83,9 +100,11 @@ def test_degradation_recipes_and_bad_input(tmp_path: Path, capsys) -> None:
     code, _, err = cli(capsys, "experiment", "degradation", "--models", "plain20", "resnet21", "--out", str(tmp_path))
     assert code == 2 and "unknown model 'resnet21'" in err and err.count("\n") == 1
     assert degradation_configs(out=tmp_path, amp=True, test_subset=500)[3].amp is True
-    for bad, message in ((["--set", "out=elsewhere"], "--set out: use --out instead"),
-                         (["--set", "warmup=1"], "unknown key 'warmup' in experiment; did you mean 'warmup_"),
-                         (["--set", "amp"], "--set expects KEY=VALUE, got 'amp'")):  # fmt: skip
+    for bad, message in (
+        (["--set", "out=elsewhere"], "--set out: use --out instead"),
+        (["--set", "warmup=1"], "unknown key 'warmup' in experiment; did you mean 'warmup_"),
+        (["--set", "amp"], "--set expects KEY=VALUE, got 'amp'"),
+    ):
         code, _, err = cli(capsys, "experiment", "degradation", *bad, "--out", str(tmp_path / "x"))
         assert code == 2 and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
@@ -109,8 +128,14 @@ def test_findings_compare_the_shallow_and_the_deep_net_of_each_kind() -> None:
     def curve(model: str, plain: bool, depth: int, train: float, test: float) -> Curve:
         return Curve(model, plain, depth, [1, 2], [90.0, train], [90.0, test])
 
-    result = findings([curve("plain20", True, 20, 10, 12), curve("plain56", True, 56, 14, 15),
-                       curve("resnet20", False, 20, 9, 11), curve("resnet56", False, 56, 6, 9)])  # fmt: skip
+    result = findings(
+        [
+            curve("plain20", True, 20, 10, 12),
+            curve("plain56", True, 56, 14, 15),
+            curve("resnet20", False, 20, 9, 11),
+            curve("resnet56", False, 56, 6, 9),
+        ]
+    )
     assert [(f["shallow"], f["deep"], f["deeper_trains_worse"]) for f in result] == [
         ("plain20", "plain56", True),
         ("resnet20", "resnet56", False),
@@ -118,8 +143,9 @@ def test_findings_compare_the_shallow_and_the_deep_net_of_each_kind() -> None:
     assert result[0]["train_error"] == (10, 14) and result[1]["test_error"] == (11, 9)
 
 
-@pytest.mark.parametrize(("name", "depth"), [("resnet20", 20), ("plain56", 56), ("resnet110", 110), ("resnet18", 18),
-                                             ("resnet50", 50)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "depth"), [("resnet20", 20), ("plain56", 56), ("resnet110", 110), ("resnet18", 18), ("resnet50", 50)]
+)
 def test_weighted_depth_is_the_papers_count(name: str, depth: int) -> None:
     with torch.device("meta"):
         assert weighted_depth(create_model(name)) == depth
@@ -145,15 +171,32 @@ def test_measuring_gradient_flow_leaves_the_model_as_it_was() -> None:
 def test_gradflow_experiment_and_command(tmp_path: Path, capsys) -> None:
     snapshots = run_gradflow(["plain20", "resnet20"], record_at=(2, 0), batch_size=16, probe_size=16)
     assert [(s.model, s.plain, s.step) for s in snapshots] == [
-        ("plain20", True, 0), ("plain20", True, 2), ("resnet20", False, 0), ("resnet20", False, 2)
-    ]  # fmt: skip
+        ("plain20", True, 0),
+        ("plain20", True, 2),
+        ("resnet20", False, 0),
+        ("resnet20", False, 2),
+    ]
     assert snapshots[0].grad_norms != snapshots[1].grad_norms  # the two training steps changed the weights
     csv_path, png = write_gradflow(snapshots, tmp_path)
     rows = _rows(csv_path)
     assert len(rows) == 4 * (20 + 20 + 12 + 12) and png.stat().st_size > 10_000
     assert {r["quantity"] for r in rows} == {"grad_norm", "weight_norm", "act_mean", "act_std"}
-    code, out, err = cli(capsys, "experiment", "gradflow", "--models", "plain20", "resnet20", "--steps", "0,1",
-                         "--batch-size", "16", "--probe-size", "16", "--out", str(tmp_path / "cli"))  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "experiment",
+        "gradflow",
+        "--models",
+        "plain20",
+        "resnet20",
+        "--steps",
+        "0,1",
+        "--batch-size",
+        "16",
+        "--probe-size",
+        "16",
+        "--out",
+        str(tmp_path / "cli"),
+    )
     assert code == 0, err
     assert out.count("|grad| first layer") == 4 and (tmp_path / "cli" / "gradflow.png").is_file()
     code, _, err = cli(capsys, "experiment", "gradflow", "--steps", "0,x", "--out", str(tmp_path / "bad"))

@@ -125,8 +125,9 @@ def region_model() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     x, y = _region_data(512, gen)
     torch.manual_seed(0)
-    model = ResNet(BasicBlock, (1, 1, 1), widths=(8, 16, 32), stem="cifar", num_classes=2, shortcut="A",
-                   default_cfg=CIFAR_CFG)  # fmt: skip
+    model = ResNet(
+        BasicBlock, (1, 1, 1), widths=(8, 16, 32), stem="cifar", num_classes=2, shortcut="A", default_cfg=CIFAR_CFG
+    )
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(120):
         index = torch.randint(0, len(y), (64,), generator=gen)
@@ -179,8 +180,13 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     classes = load_sample("test").classes
-    save_checkpoint(path, create_model("resnet20"), classes=classes,
-                    preprocessing=preprocessing_for(CIFAR_CFG, "cifar").to_dict(), config={})  # fmt: skip
+    save_checkpoint(
+        path,
+        create_model("resnet20"),
+        classes=classes,
+        preprocessing=preprocessing_for(CIFAR_CFG, "cifar").to_dict(),
+        config={},
+    )
     return path
 
 
@@ -200,8 +206,9 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def test_explain_writes_one_overlay_per_image(checkpoint: Path, tmp_path: Path, capsys) -> None:
     images = [_image(tmp_path / "a.png"), _image(tmp_path / "b.jpg", size=48), _image(tmp_path / "c.png", "RGBA")]
     out = tmp_path / "cams"
-    code, stdout, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), *map(str, images), "--out", str(out),
-                            "--json")  # fmt: skip
+    code, stdout, err = cli(
+        capsys, "explain", "--checkpoint", str(checkpoint), *map(str, images), "--out", str(out), "--json"
+    )
     assert code == 0, err
     records = json.loads(stdout)
     assert [r["path"] for r in records] == [str(i) for i in images]
@@ -214,8 +221,9 @@ def test_explain_writes_one_overlay_per_image(checkpoint: Path, tmp_path: Path, 
     width_both = Image.open(first["out"]).size[0]
     other = next(c for c in ("cat", "dog") if c != first["class"])  # a class the model did not predict
     flags = ["--layer", "layer2.1", "--method", "gradcam++", "--class", other]
-    code, stdout, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), str(images[0]), "--out", str(out),
-                            *flags, "--json")  # fmt: skip
+    code, stdout, err = cli(
+        capsys, "explain", "--checkpoint", str(checkpoint), str(images[0]), "--out", str(out), *flags, "--json"
+    )
     assert code == 0, err
     (r,) = json.loads(stdout)
     # --layer, --method and --class took effect; the prediction itself is the same as without them
@@ -223,8 +231,9 @@ def test_explain_writes_one_overlay_per_image(checkpoint: Path, tmp_path: Path, 
     assert r["class"] == first["class"] and r["prob"] == pytest.approx(first["prob"], abs=1e-6)
     assert r["explained_prob"] < r["prob"]  # not the most probable class
     assert Image.open(r["out"]).size[0] < width_both  # one overlay instead of two
-    code, stdout, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), str(images[0]), "--out", str(out),
-                            *flags)  # fmt: skip
+    code, stdout, err = cli(
+        capsys, "explain", "--checkpoint", str(checkpoint), str(images[0]), "--out", str(out), *flags
+    )
     assert code == 0, err
     assert stdout == f"{images[0]}: {r['class']} {100 * r['prob']:.1f}% -> {out / 'a-cam.png'}\n"
 
@@ -245,8 +254,9 @@ TINY = "is 8x8; the model takes 32x32 images and needs at least 16x16"
 )
 def test_explain_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, make, extra, message) -> None:
     image = make(tmp_path)
-    code, _, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "o"),
-                       *extra)  # fmt: skip
+    code, _, err = cli(
+        capsys, "explain", "--checkpoint", str(checkpoint), str(image), "--out", str(tmp_path / "o"), *extra
+    )
     assert code == 2 and message in err
     assert err.startswith("resnetkit: error: ") and err.strip().count("\n") == 0
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
@@ -254,11 +264,14 @@ def test_explain_bad_input_is_one_line_and_exit_2(checkpoint, tmp_path, capsys, 
 
 def test_refused_images_are_reported_and_the_others_explained(checkpoint, tmp_path, capsys) -> None:
     images = [_image(tmp_path / "grey.png", "L"), _image(tmp_path / "ok.png"), _image(tmp_path / "tiny.png", size=8)]
-    code, stdout, err = cli(capsys, "explain", "--checkpoint", str(checkpoint), *map(str, images), "--out",
-                            str(tmp_path / "o"))  # fmt: skip
+    code, stdout, err = cli(
+        capsys, "explain", "--checkpoint", str(checkpoint), *map(str, images), "--out", str(tmp_path / "o")
+    )
     assert code == 3 and stdout.startswith(f"{images[1]}: ") and stdout.count("\n") == 1
-    assert err.splitlines() == [f"resnetkit: warning: {images[0]} {GREY} images",
-                                f"resnetkit: warning: {images[2]} {TINY}"]  # fmt: skip
+    assert err.splitlines() == [
+        f"resnetkit: warning: {images[0]} {GREY} images",
+        f"resnetkit: warning: {images[2]} {TINY}",
+    ]
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["ok-cam.png"]
 
 

@@ -44,8 +44,23 @@ def _test_images(cifar: str, n: int) -> torch.Tensor:
 
 
 def _eval(capsys, checkpoint: str | Path, cifar: str) -> dict:
-    assert main(["-q", "eval", "--checkpoint", str(checkpoint), "--data", "cifar10", "--data-dir", cifar,
-                 "--json", "--no-compile"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(checkpoint),
+                "--data",
+                "cifar10",
+                "--data-dir",
+                cifar,
+                "--json",
+                "--no-compile",
+            ]
+        )
+        == 0
+    )
     return json.loads(capsys.readouterr().out)
 
 
@@ -124,8 +139,9 @@ def test_bad_exports_fail_in_one_line_and_write_nothing(tmp_path, capsys, cifar)
     base = ["--checkpoint", WEIGHTS, "--out", str(out)]
     assert "unknown export format 'tflite'" in _fails(capsys, *base, "--format", "tflite")
     assert "--int8 calibrates on real images" in _fails(capsys, *base, "--int8")
-    assert "--calib-size must be at least 1" in _fails(capsys, *base, "--int8", "--data", "cifar10", "--data-dir",
-                                                          cifar, "--calib-size", "0")  # fmt: skip
+    assert "--calib-size must be at least 1" in _fails(
+        capsys, *base, "--int8", "--data", "cifar10", "--data-dir", cifar, "--calib-size", "0"
+    )
     assert "use --format onnx" in _fails(capsys, *base, "--int8", "--format", "pt2", "--data", "cifar10")
     assert "say what to export" in _fails(capsys, "--out", str(out))
     assert not out.parent.exists() or not list(out.parent.iterdir())  # no file, no temporary left behind
@@ -197,8 +213,24 @@ def test_resnet50_at_224_round_trips(tmp_path, capsys) -> None:
 
 def test_report_runs_an_int8_file(exported, cifar, tmp_path, capsys) -> None:
     out = tmp_path / "report"
-    assert main(["-q", "report", "--checkpoint", str(exported["int8"]), "--data", "cifar10", "--data-dir", cifar,
-                 "--out", str(out), "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "report",
+                "--checkpoint",
+                str(exported["int8"]),
+                "--data",
+                "cifar10",
+                "--data-dir",
+                cifar,
+                "--out",
+                str(out),
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 10_000 and abs(res["top1"] - get_weights(WEIGHTS).metrics["cifar10_test_top1"]) <= 0.005
     assert (out / "report.html").is_file() and (out / "confusion.png").stat().st_size > 1000
@@ -294,8 +326,11 @@ def test_onnx_files_are_fed_nchw_batches_without_a_copy(exported, cifar, tmp_pat
     small = ImageTensorDataset(ds.images[:8], ds.labels[:8], list(ds.classes))
     for source, contiguous in ((exported["onnx"], True), (exported["int8"], True), (WEIGHTS, False)):
         predictor = Predictor.load(source)
-        x, _ = next(BatchLoader(small, predictor.preprocessing, batch_size=8, train=False,
-                                memory_format=predictor.memory_format).epoch())  # fmt: skip
+        x, _ = next(
+            BatchLoader(
+                small, predictor.preprocessing, batch_size=8, train=False, memory_format=predictor.memory_format
+            ).epoch()
+        )
         assert x.is_contiguous() == contiguous
         assert x.is_contiguous(memory_format=torch.channels_last) != contiguous
     handed: list[bool] = []  # what `predict` hands the ONNX Runtime module: NCHW-contiguous batches?
@@ -327,9 +362,11 @@ def test_one_predictor_runs_every_source(exported, cifar) -> None:
     assert tops["onnx"] == tops["pt2"] == tops["weights"]
     assert sum(a == b for a, b in zip(tops["int8"], tops["weights"], strict=True)) >= 60
     assert {k: (d["runtime"], d["precision"], d["gradients"]) for k, d in described.items()} == {
-        "weights": ("pytorch", "fp32", True), "onnx": ("onnxruntime", "fp32", False),
-        "int8": ("onnxruntime", "int8", False), "pt2": ("torch.export", "fp32", False),
-    }  # fmt: skip
+        "weights": ("pytorch", "fp32", True),
+        "onnx": ("onnxruntime", "fp32", False),
+        "int8": ("onnxruntime", "int8", False),
+        "pt2": ("torch.export", "fp32", False),
+    }
     assert all(d["model"] == "resnet20" and d["classes"][3] == "cat" for d in described.values())
     row = torch.full((10,), 0.03).index_fill(0, torch.tensor([1]), 0.73)  # one image's probabilities
     top = Predictor.load(WEIGHTS).topk(row, 99)  # k is capped at the 10 classes

@@ -42,8 +42,9 @@ def test_crop_offsets_are_uniform_over_the_81_positions_and_flips_have_rate_one_
 
 @pytest.mark.parametrize("name", ["resnet20", "resnet50", "resnext50_32x4d", "preact_resnet110", "plain20"])
 def test_folded_model_equals_eager(name: str) -> None:
-    model = randomize_norm_stats(resnetkit.create_model(name, shortcut="C") if name == "resnet20" else
-                                 resnetkit.create_model(name)).eval()  # fmt: skip
+    model = randomize_norm_stats(
+        resnetkit.create_model(name, shortcut="C") if name == "resnet20" else resnetkit.create_model(name)
+    ).eval()
     folded = fold_batchnorm(model)
     x = torch.randn(2, 3, 64, 64) if "resnet5" in name or "resnext" in name else torch.randn(2, 3, 32, 32)
     with torch.no_grad():

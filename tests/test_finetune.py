@@ -43,8 +43,21 @@ def test_strategies_set_requires_grad() -> None:
 def test_frozen_weights_and_statistics_stay_unchanged_after_steps(tmp_path: Path, capsys, strategy, frozen) -> None:
     data = shared_data("cats_vs_dogs")
     run = tmp_path / "ft"
-    code = main(["-q", "finetune", "--weights", "resnet20.rk_cifar10", "--data-dir", str(data), "--strategy", strategy,
-                 "--out", str(run), *TINY])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "finetune",
+            "--weights",
+            "resnet20.rk_cifar10",
+            "--data-dir",
+            str(data),
+            "--strategy",
+            strategy,
+            "--out",
+            str(run),
+            *TINY,
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     pretrained = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10").state_dict()
     tuned = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
@@ -60,9 +73,29 @@ def test_frozen_weights_and_statistics_stay_unchanged_after_steps(tmp_path: Path
 def test_full_finetuning_uses_a_lower_backbone_lr_and_round_trips(tmp_path: Path, capsys) -> None:
     data = shared_data("cats_vs_dogs")
     run = tmp_path / "ft"
-    assert main(["-q", "finetune", "--weights", "resnet20.rk_cifar10", "--data-dir", str(data), "--out", str(run),
-                 "--backbone-lr-mult", "0.1", "--freeze-bn", *TINY, "--train-subset", "256",
-                 "--max-steps", "30"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "finetune",
+                "--weights",
+                "resnet20.rk_cifar10",
+                "--data-dir",
+                str(data),
+                "--out",
+                str(run),
+                "--backbone-lr-mult",
+                "0.1",
+                "--freeze-bn",
+                *TINY,
+                "--train-subset",
+                "256",
+                "--max-steps",
+                "30",
+            ]
+        )
+        == 0
+    )
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     lrs = [g["initial_lr"] for g in ckpt["optimizer"]["param_groups"]]
     assert lrs == [pytest.approx(0.01), pytest.approx(0.001)]  # head, backbone
@@ -70,8 +103,24 @@ def test_full_finetuning_uses_a_lower_backbone_lr_and_round_trips(tmp_path: Path
     pretrained = resnetkit.create_model("resnet20", weights="resnet20.rk_cifar10").state_dict()
     assert torch.equal(ckpt["model"]["bn1.running_mean"], pretrained["bn1.running_mean"])  # --freeze-bn
     capsys.readouterr()
-    assert main(["-q", "eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(data), "--split", "val",
-                 "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(run),
+                "--data",
+                "folder",
+                "--data-dir",
+                str(data),
+                "--split",
+                "val",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 1000 and len(res["confusion_matrix"]) == 2
     # CIFAR-10 features and 30 steps beat chance (0.5 +- 0.016) clearly: 0.80-0.86 for seeds 0-2 (after 3 or 10
@@ -83,8 +132,25 @@ def test_full_finetuning_uses_a_lower_backbone_lr_and_round_trips(tmp_path: Path
         (sub / name).mkdir(parents=True)
         for image in sorted((data / "val" / name).glob("*.jpg"))[:20]:
             shutil.copy(image, sub / name / image.name)
-    assert main(["-q", "eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(sub), "--split", "all",
-                 "--json", "--no-compile"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "eval",
+                "--checkpoint",
+                str(run),
+                "--data",
+                "folder",
+                "--data-dir",
+                str(sub),
+                "--split",
+                "all",
+                "--json",
+                "--no-compile",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["n"] == 40 and res["classes"] == ["cat", "dog"]
     assert main(["-q", "predict", "--checkpoint", str(run), str(sub), "--json"]) == 0

@@ -31,8 +31,11 @@ PAGES = 64 * 2**20 // 4096
 
 
 def _probe(**env: str) -> dict:
-    clean = {k: v for k, v in os.environ.items()
-             if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "RESNETKIT_KEEP_FREED_MEMORY")}  # fmt: skip
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MALLOC_") and k not in ("LD_PRELOAD", "RESNETKIT_KEEP_FREED_MEMORY")
+    }
     out = procs.run([sys.executable, "-c", PROBE], timeout=120, env={**clean, **env})
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -71,8 +71,9 @@ def _metrics(run: Path) -> list[dict]:
 def test_ctrl_c_from_outside_stops_after_the_step_and_resumes_to_the_same_weights(tmp_path: Path) -> None:
     straight, split = tmp_path / "straight", tmp_path / "split"
     assert _train(*RUN, "--checkpoint-every", "5", "--out", str(straight)) == 0
-    proc = _start(tmp_path, sys.executable, "-m", "resnetkit", "-q", "train", *RUN, "--checkpoint-every", "5",
-                  "--out", str(split))  # fmt: skip
+    proc = _start(
+        tmp_path, sys.executable, "-m", "resnetkit", "-q", "train", *RUN, "--checkpoint-every", "5", "--out", str(split)
+    )
     try:
         wait_for_file(split / "checkpoints" / "last.pt", proc, tmp_path / "stderr.txt", HANG_GUARD_S)  # step 5 is done
         proc.send_signal(signal.SIGINT)

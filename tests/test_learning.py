@@ -20,10 +20,28 @@ from resnetkit.cli.main import main
 BASE_LR, WARMUP, EPOCHS, STEPS_PER_EPOCH = 0.2, 40, 6, 2000 // 64  # the sample's 2,000 images in batches of 64
 TOTAL = EPOCHS * STEPS_PER_EPOCH  # 186
 RUN = [
-    "-q", "train", "--data", "sample", "--no-progress", "--threads", "2", "--seed", "0",
-    "--batch-size", "64", "--epochs", str(EPOCHS), "--lr", str(BASE_LR), "--schedule", "cosine",
-    "--set", f"warmup_steps={WARMUP}", "--set", "model_kwargs={widths: [8, 16, 32]}",  # a narrow ResNet-20
-]  # fmt: skip
+    "-q",
+    "train",
+    "--data",
+    "sample",
+    "--no-progress",
+    "--threads",
+    "2",
+    "--seed",
+    "0",
+    "--batch-size",
+    "64",
+    "--epochs",
+    str(EPOCHS),
+    "--lr",
+    str(BASE_LR),
+    "--schedule",
+    "cosine",
+    "--set",
+    f"warmup_steps={WARMUP}",
+    "--set",
+    "model_kwargs={widths: [8, 16, 32]}",  # a narrow ResNet-20
+]
 
 
 def cosine_with_warmup(step: int) -> float:

@@ -39,10 +39,13 @@ def test_every_model_builds_runs_and_trains(name: str) -> None:
 def test_registry_covers_the_issue_and_refuses_duplicates() -> None:
     wanted = {
         *(f"resnet{d}" for d in (18, 34, 50, 101, 152, 20, 32, 44, 56, 110, 1202)),
-        "wide_resnet50_2", "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+        "resnext50_32x4d",
+        "resnext101_32x8d",
         *(f"plain{d}" for d in (20, 32, 44, 56, 110, 18, 34)),
         *(f"preact_resnet{d}" for d in (110, 164, 1001, 18, 34, 50, 101, 152)),
-    }  # fmt: skip
+    }
     assert wanted <= set(ALL)
     assert resnetkit.list_models("resnext*") == ["resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"]
     from resnetkit.model_registry import register_model
@@ -58,9 +61,15 @@ def test_unknown_model_lists_close_matches() -> None:
 
 @pytest.mark.parametrize(
     ("name", "preset"),
-    [("resnet20", "cifar"), ("plain56", "cifar"), ("preact_resnet110", "cifar"), ("resnet18", "imagenet"),
-     ("resnext50_32x4d", "imagenet"), ("wide_resnet50_2", "imagenet")],
-)  # fmt: skip
+    [
+        ("resnet20", "cifar"),
+        ("plain56", "cifar"),
+        ("preact_resnet110", "cifar"),
+        ("resnet18", "imagenet"),
+        ("resnext50_32x4d", "imagenet"),
+        ("wide_resnet50_2", "imagenet"),
+    ],
+)
 def test_each_family_says_its_preprocessing_preset(name: str, preset: str) -> None:
     """The preset is carried by the model's data config (and its weights'), never guessed from crop_pct."""
     from resnetkit.models import resolve_data_config

@@ -56,8 +56,16 @@ def test_basic_block_networks_dilate_as_timm_does(output_stride: int) -> None:
 def test_impossible_output_strides_are_refused(name: str, output_stride: int, tmp_path, capsys) -> None:
     with pytest.raises(ModelArgumentError, match=f"output_stride {output_stride} is not possible"):
         create_model(name, output_stride=output_stride)
-    args = ["-q", "train", "--model", name, "--set", f"model_kwargs={{output_stride: {output_stride}}}", "--out",
-            str(tmp_path / "run")]  # fmt: skip
+    args = [
+        "-q",
+        "train",
+        "--model",
+        name,
+        "--set",
+        f"model_kwargs={{output_stride: {output_stride}}}",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot build {name}: output_stride" in err

@@ -13,9 +13,17 @@ from resnetkit.layers import option_a_shortcut
 from conftest import randomize_norm_stats, require_module
 
 TORCHVISION = [
-    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2", "wide_resnet101_2",
-    "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d",
-]  # fmt: skip
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+]
 SLOW = {"resnet152", "wide_resnet101_2", "resnext101_32x8d", "resnext101_64x4d"}
 
 

@@ -70,9 +70,15 @@ def _header(path: Path) -> tuple[str, tuple[int, int], int | None]:
 def test_the_odd_folder_holds_what_it_claims(odd: Path) -> None:
     headers = {f.name: _header(f) for f in odd.iterdir() if f.name != "notes.jpg"}
     assert {name: mode for name, (mode, _, _) in headers.items()} == {
-        "cmyk.jpg": "CMYK", "rgba.png": "RGBA", "palette.png": "P", "grey16.png": "I;16", "rotated.jpg": "RGB",
-        "huge.jpg": "RGB", "tiny.png": "RGB", "truncated.jpg": "RGB",
-    }  # fmt: skip
+        "cmyk.jpg": "CMYK",
+        "rgba.png": "RGBA",
+        "palette.png": "P",
+        "grey16.png": "I;16",
+        "rotated.jpg": "RGB",
+        "huge.jpg": "RGB",
+        "tiny.png": "RGB",
+        "truncated.jpg": "RGB",
+    }
     assert headers["huge.jpg"][1] == (4000, 3000) and headers["tiny.png"][1] == (5, 4)
     assert headers["rotated.jpg"][2] == 6
     # the truncated file's header is intact: Pillow opens it and fails only when the pixels are decoded
@@ -129,8 +135,10 @@ def test_each_prediction_belongs_to_its_file(odd: Path) -> None:
 def test_predict_strict_stops_at_the_first_unreadable_file(odd: Path, capsys) -> None:
     code, out, err = cli(capsys, "predict", "--checkpoint", WEIGHTS, str(odd), "--strict", "--json")
     assert code == EXIT_USER_ERROR == 2 and out == ""
-    assert err == f"resnetkit: error: cannot read image {odd / 'notes.jpg'}: not an image, or in a format Pillow " \
-                  "cannot identify\n"  # fmt: skip
+    assert (
+        err == f"resnetkit: error: cannot read image {odd / 'notes.jpg'}: not an image, or in a format Pillow "
+        "cannot identify\n"
+    )
 
 
 def test_predict_exit_codes_when_all_or_none_of_the_files_fail(odd: Path, capsys) -> None:
@@ -166,7 +174,8 @@ def test_explain_reports_unusable_files_and_explains_every_other(odd: Path, tmp_
     assert explained == ["cmyk-cam.png", "huge-cam.png", "palette-cam.png", "rgba-cam.png", "rotated-cam.png"]
     assert sorted(p.name for p in out.iterdir()) == explained
 
-    code, stdout, err = cli(capsys, "explain", "--checkpoint", WEIGHTS, str(odd), "--out", str(tmp_path / "s"),
-                            "--strict")  # fmt: skip
+    code, stdout, err = cli(
+        capsys, "explain", "--checkpoint", WEIGHTS, str(odd), "--out", str(tmp_path / "s"), "--strict"
+    )
     assert code == 2 and stdout == "" and not (tmp_path / "s").exists()
     assert err.startswith(f"resnetkit: error: {odd / 'grey16.png'} is a greyscale image") and err.count("\n") == 1

@@ -105,8 +105,9 @@ def test_eval_tta_flip_averages_the_logits_of_the_image_and_its_mirror(by_hand, 
     assert abs(F.cross_entropy(plain, labels).item() - res["loss"]) > 0.01  # not the single view's loss
     alone = int((plain.argmax(1) == labels).sum())
     assert abs(res["single_view_top1"] * 500 - alone) <= 1 and alone != right  # the image alone's, not the TTA's
-    assert "single_view_top1" not in json.loads(cli(capsys, "eval", "--checkpoint", WEIGHTS, "--data", "sample",
-                                                    "--json")[1])  # fmt: skip
+    assert "single_view_top1" not in json.loads(
+        cli(capsys, "eval", "--checkpoint", WEIGHTS, "--data", "sample", "--json")[1]
+    )
 
 
 # --- checkpoints carrying pickled code are refused by eval, predict and train --resume --------------------------
@@ -127,9 +128,32 @@ def poisoned(tmp_path: Path) -> tuple[Path, Path]:
     """(a run folder whose last.pt is a real, resumable checkpoint plus one pickled object, the marker file that
     object would create)."""
     run = tmp_path / "run"
-    assert main(["-q", "train", "--no-progress", "--threads", "1", "--batch-size", "32", "--train-subset", "32",
-                 "--test-subset", "32", "--epochs", "2", "--max-steps", "1", "--out", str(run),
-                 "--set", "model_kwargs={widths: [4, 8, 16]}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "-q",
+                "train",
+                "--no-progress",
+                "--threads",
+                "1",
+                "--batch-size",
+                "32",
+                "--train-subset",
+                "32",
+                "--test-subset",
+                "32",
+                "--epochs",
+                "2",
+                "--max-steps",
+                "1",
+                "--out",
+                str(run),
+                "--set",
+                "model_kwargs={widths: [4, 8, 16]}",
+            ]
+        )
+        == 0
+    )
     marker = tmp_path / "code-ran"
     ckpt = _last(run)
     ckpt["notes"] = _RunsCode(f"touch {marker}")
@@ -204,19 +228,25 @@ def test_finetuning_follows_registered_weights_that_differ_from_the_architecture
     cannot tell the weights' record from the architecture's. Here the same file is registered with another record
     (48 px, mean 0.5, std 0.25; not a claim about those weights, a record to follow): the run must follow it."""
     shipped = get_weights(WEIGHTS)
-    other = replace(shipped, name="resnet20.test_48px", url=str(SHIPPED / shipped.url),
-                    data_config=DataConfig((3, 48, 48), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), crop_pct=1.0))  # fmt: skip
+    other = replace(
+        shipped,
+        name="resnet20.test_48px",
+        url=str(SHIPPED / shipped.url),
+        data_config=DataConfig((3, 48, 48), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), crop_pct=1.0),
+    )
     monkeypatch.setattr(registry, "_CACHE", {**{e.name: e for e in list_weights()}, other.name: other})
     assert resnetkit.create_model("resnet20").default_cfg.input_size == (3, 32, 32)  # the architecture's default
     run = tmp_path / "ft48"
-    code, _, err = cli(capsys, "finetune", "--weights", other.name, "--data-dir", str(small_folder), "--out", str(run),
-                       *FT)  # fmt: skip
+    code, _, err = cli(
+        capsys, "finetune", "--weights", other.name, "--data-dir", str(small_folder), "--out", str(run), *FT
+    )
     assert code == 0, err
     in_run, in_ckpt = _recorded(run)
     want = _expected_preprocessing(other.data_config)
     assert {k: in_run[k] for k in want} == want and {k: in_ckpt[k] for k in want} == want
-    code, out, err = cli(capsys, "eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(small_folder),
-                         "--json")  # fmt: skip
+    code, out, err = cli(
+        capsys, "eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(small_folder), "--json"
+    )
     assert code == 0 and json.loads(out)["n"] == 4, err  # the seeded 10% held out: 2 of each class
 
 
@@ -229,8 +259,22 @@ def test_an_interrupted_finetune_resumes_with_train_resume_exactly(
     """Stopped by a real SIGINT mid-epoch and continued with `train --resume`, a fine-tuning run (two parameter
     groups at different lrs, pretrained weights) ends with the weights, optimizer state and metrics of the run that
     was never stopped: the resumed run neither reloads the pretrained weights nor loses the fine-tuning setup."""
-    args = ["finetune", "--weights", WEIGHTS, "--data-dir", str(small_folder), "--no-progress", "--threads", "1",
-            "--batch-size", "8", "--epochs", "2", "--test-subset", "4"]  # fmt: skip
+    args = [
+        "finetune",
+        "--weights",
+        WEIGHTS,
+        "--data-dir",
+        str(small_folder),
+        "--no-progress",
+        "--threads",
+        "1",
+        "--batch-size",
+        "8",
+        "--epochs",
+        "2",
+        "--test-subset",
+        "4",
+    ]
     straight, split = tmp_path / "straight", tmp_path / "split"
     code, _, err = cli(capsys, *args, "--out", str(straight))
     assert code == 0, err

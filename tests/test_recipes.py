@@ -71,41 +71,64 @@ class Promise:
 CIFAR, CATS = "cifar-10-batches-bin", "cats_vs_dogs"
 PROMISES = {
     # 50,000 / 128 = 390 steps per epoch; 165 epochs would be 64,350 steps: max_steps stops at the paper's 64k
-    "cifar10_paper": Promise(CIFAR, 390, 64_000, paper, (0, 31_999, 32_000, 47_999, 48_000, 63_999), 1e-4, True,
-                             False),
-    "cifar10_paper_resnet110": Promise(CIFAR, 390, 64_000, lambda s: paper(s, warmup=400),
-                                       (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999), 1e-4, True, False),
+    "cifar10_paper": Promise(CIFAR, 390, 64_000, paper, (0, 31_999, 32_000, 47_999, 48_000, 63_999), 1e-4, True, False),
+    "cifar10_paper_resnet110": Promise(
+        CIFAR,
+        390,
+        64_000,
+        lambda s: paper(s, warmup=400),
+        (0, 399, 400, 31_999, 32_000, 47_999, 48_000, 63_999),
+        1e-4,
+        True,
+        False,
+    ),
     # 15 epochs of 390 steps, warm-up 2 epochs (780 steps) to 0.2; 30 epochs with 4.5 epochs (1,755 steps)
-    "cifar10_fast_cpu": Promise(CIFAR, 390, 5_850, warmup_cosine(0.2, 780, 5_850), (0, 779, 780, 3_315, 5_849), 5e-4,
-                                False, True),
-    "cifar10_91_cpu": Promise(CIFAR, 390, 11_700, warmup_cosine(0.2, 1_755, 11_700), (0, 1_754, 1_755, 6_727, 11_699),
-                              5e-4, False, True),
+    "cifar10_fast_cpu": Promise(
+        CIFAR, 390, 5_850, warmup_cosine(0.2, 780, 5_850), (0, 779, 780, 3_315, 5_849), 5e-4, False, True
+    ),
+    "cifar10_91_cpu": Promise(
+        CIFAR, 390, 11_700, warmup_cosine(0.2, 1_755, 11_700), (0, 1_754, 1_755, 6_727, 11_699), 5e-4, False, True
+    ),
     # 42 epochs (16,380 steps) in bf16, warm-up 6 epochs (2,340 steps) to 0.2
-    "cifar10_bf16_cpu": Promise(CIFAR, 390, 16_380, warmup_cosine(0.2, 2_340, 16_380),
-                                (0, 2_339, 2_340, 9_360, 16_379), 5e-4, False, True),
+    "cifar10_bf16_cpu": Promise(
+        CIFAR, 390, 16_380, warmup_cosine(0.2, 2_340, 16_380), (0, 2_339, 2_340, 9_360, 16_379), 5e-4, False, True
+    ),
     # ResNet-20 distilled from ResNet-56 (issue 18): cifar10_bf16_cpu's schedule exactly
-    "cifar10_resnet20_kd": Promise(CIFAR, 390, 16_380, warmup_cosine(0.2, 2_340, 16_380),
-                                   (0, 2_339, 2_340, 9_360, 16_379), 5e-4, False, True),
+    "cifar10_resnet20_kd": Promise(
+        CIFAR, 390, 16_380, warmup_cosine(0.2, 2_340, 16_380), (0, 2_339, 2_340, 9_360, 16_379), 5e-4, False, True
+    ),
     # fine-tuning the pruned ResNet-56: 30 epochs (11,700 steps), warm-up 1 epoch (390 steps) to 0.02
-    "cifar10_resnet56_prune": Promise(CIFAR, 390, 11_700, warmup_cosine(0.02, 390, 11_700),
-                                      (0, 389, 390, 6_045, 11_699), 5e-4, False, True),
+    "cifar10_resnet56_prune": Promise(
+        CIFAR, 390, 11_700, warmup_cosine(0.02, 390, 11_700), (0, 389, 390, 6_045, 11_699), 5e-4, False, True
+    ),
     # ResNet-56: 60 epochs (23,400 steps), warm-up 3 epochs (1,170 steps) to 0.1
-    "cifar10_resnet56": Promise(CIFAR, 390, 23_400, warmup_cosine(0.1, 1_170, 23_400),
-                                (0, 1_169, 1_170, 12_285, 23_399), 5e-4, False, True),
+    "cifar10_resnet56": Promise(
+        CIFAR, 390, 23_400, warmup_cosine(0.1, 1_170, 23_400), (0, 1_169, 1_170, 12_285, 23_399), 5e-4, False, True
+    ),
     # the embedded sample and the cats-vs-dogs folder: 2,000 training images / 64 = 31 steps, warm-up 1 epoch
     "sample_quick": Promise("", 31, 15 * 31, warmup_cosine(0.1, 31, 465), (0, 30, 31, 248, 464), 5e-4, False, True),
     "cats_vs_dogs": Promise(CATS, 31, 20 * 31, warmup_cosine(0.1, 31, 620), (0, 30, 31, 325, 619), 5e-4, False, True),
     # torchvision's ResNet-50 V2 and the short ImageNet recipe, on the cats-vs-dogs folder as a stand-in for ImageNet:
     # 2,000 images at a global batch of 1024 are 1 step per epoch; V2: 600 epochs, warm-up 5 epochs to 0.5, cosine
-    "imagenet_resnet50_tv2": Promise(CATS, 1, 600, warmup_cosine(0.5, 5, 600), (0, 4, 5, 302, 599), 2e-5, False,
-                                     False),
+    "imagenet_resnet50_tv2": Promise(CATS, 1, 600, warmup_cosine(0.5, 5, 600), (0, 4, 5, 302, 599), 2e-5, False, False),
     "imagenet_resnet50_fast": Promise(CATS, 1, 16, warmup_linear(1.7, 2, 16), (0, 2, 3, 9, 15), 5e-5, False, False),
-    "folder_224_finetune": Promise(CATS, 31, 10 * 31, warmup_cosine(0.01, 31, 310), (0, 30, 31, 170, 309), 5e-4,
-                                   True, True, backbone_lr=0.1, weights_stand_in=True),
+    "folder_224_finetune": Promise(
+        CATS,
+        31,
+        10 * 31,
+        warmup_cosine(0.01, 31, 310),
+        (0, 30, 31, 170, 309),
+        5e-4,
+        True,
+        True,
+        backbone_lr=0.1,
+        weights_stand_in=True,
+    ),
     # fine-tuning: head lr 0.01, backbone 0.1 x that, weight decay on every trained parameter
-    "cats_vs_dogs_finetune": Promise(CATS, 31, 15 * 31, warmup_cosine(0.01, 31, 465), (0, 30, 31, 248, 464), 5e-4,
-                                     True, True, backbone_lr=0.1),
-}  # fmt: skip
+    "cats_vs_dogs_finetune": Promise(
+        CATS, 31, 15 * 31, warmup_cosine(0.01, 31, 465), (0, 30, 31, 248, 464), 5e-4, True, True, backbone_lr=0.1
+    ),
+}
 
 
 def test_every_shipped_recipe_has_a_promise() -> None:

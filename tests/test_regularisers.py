@@ -134,8 +134,16 @@ def test_a_mixed_step_trains_on_the_mixed_images_against_the_mixed_targets() -> 
 def test_mixup_and_cutmix_reach_a_run(tmp_path: Path) -> None:
     """Runs from the same seed and data: each mixing option changes what one step learns (identical runs without
     it are bit-identical, so the difference is the mixing)."""
-    base = dict(data="sample", train_subset=32, test_subset=10, batch_size=32, epochs=1, threads=1, progress=False,
-                model_kwargs={"widths": [4, 8, 16]})  # fmt: skip
+    base = dict(
+        data="sample",
+        train_subset=32,
+        test_subset=10,
+        batch_size=32,
+        epochs=1,
+        threads=1,
+        progress=False,
+        model_kwargs={"widths": [4, 8, 16]},
+    )
 
     def weights(name: str, **extra: float) -> dict[str, torch.Tensor]:
         run_training(TrainConfig(**base, out=str(tmp_path / name), **extra))
@@ -213,9 +221,22 @@ def _params(run: Path) -> dict[str, torch.Tensor]:
 def _update_norm(tmp_path: Path, name: str, **extra: float) -> float:
     """The norm of all parameters' change in the second step of a run of plain SGD (no momentum, no weight decay,
     constant lr 0.5): one step per epoch, the weights read after epoch 1 and after epoch 2 (resumed)."""
-    cfg = TrainConfig(data="sample", train_subset=32, test_subset=10, batch_size=32, epochs=1, lr=0.5, momentum=0.0,
-                      weight_decay=0.0, schedule="constant", threads=1, progress=False, out=str(tmp_path / name),
-                      model_kwargs={"widths": [4, 8, 16]}, **extra)  # fmt: skip
+    cfg = TrainConfig(
+        data="sample",
+        train_subset=32,
+        test_subset=10,
+        batch_size=32,
+        epochs=1,
+        lr=0.5,
+        momentum=0.0,
+        weight_decay=0.0,
+        schedule="constant",
+        threads=1,
+        progress=False,
+        out=str(tmp_path / name),
+        model_kwargs={"widths": [4, 8, 16]},
+        **extra,
+    )
     run_training(cfg)
     before = _params(tmp_path / name)
     run_training(cfg, resume=tmp_path / name, overrides={"epochs": 2})
@@ -240,8 +261,17 @@ def test_early_stopping_ends_a_run_that_stops_improving(tmp_path: Path, patience
     """A run that cannot improve: frozen BatchNorm statistics and an lr (1e-30) too small to change any weight, so
     every evaluation gives the same top-1. With patience p it stops after epoch p + 1 of 6 (the first is the best;
     p evaluations follow without a better one); without early stopping it runs all 6 epochs."""
-    values = dict(data="sample", train_subset=32, test_subset=50, batch_size=32, epochs=6, lr=1e-30, threads=1,
-                  progress=False, model_kwargs={"widths": [4, 8, 16], "norm_layer": "frozen_batchnorm"})  # fmt: skip
+    values = dict(
+        data="sample",
+        train_subset=32,
+        test_subset=50,
+        batch_size=32,
+        epochs=6,
+        lr=1e-30,
+        threads=1,
+        progress=False,
+        model_kwargs={"widths": [4, 8, 16], "norm_layer": "frozen_batchnorm"},
+    )
     stopped = run_training(TrainConfig(**values, early_stopping=patience, out=str(tmp_path / "stopped")))
     rows = [json.loads(line) for line in (tmp_path / "stopped" / "metrics.jsonl").read_text().splitlines()]
     assert stopped.stopped == "early_stopping" and len(rows) == len(stopped.history) == patience + 1

@@ -173,8 +173,23 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """resnet20 trained for 2 steps on the embedded sample (held-out: 500 test images)."""
     folder = tmp_path_factory.mktemp("run") / "r"
-    code = main(["-q", "train", "--data", "sample", "--max-steps", "2", "--batch-size", "32", "--train-subset", "64",
-                 "--no-progress", "--out", str(folder)])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "train",
+            "--data",
+            "sample",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "32",
+            "--train-subset",
+            "64",
+            "--no-progress",
+            "--out",
+            str(folder),
+        ]
+    )
     assert code == 0
     return folder
 
@@ -222,8 +237,21 @@ def test_report_end_to_end(run: Path, tmp_path: Path, capsys) -> None:
     groups = tmp_path / "groups.csv"
     groups.write_text("image,group\n" + "".join(f"{i},{'even' if i % 2 == 0 else 'odd'}\n" for i in range(500)))
     out = tmp_path / "report"
-    code, stdout, err = cli(capsys, "report", "--checkpoint", str(run), "--data", "sample", "--out", str(out),
-                            "--calibrate", "half", "--groups", str(groups), "--json")  # fmt: skip
+    code, stdout, err = cli(
+        capsys,
+        "report",
+        "--checkpoint",
+        str(run),
+        "--data",
+        "sample",
+        "--out",
+        str(out),
+        "--calibrate",
+        "half",
+        "--groups",
+        str(groups),
+        "--json",
+    )
     assert code == 0, err
     numbers = json.loads(stdout)
     for name in ("report.html", "report.json", "confusion.png", "reliability.png", "mistakes.png"):
@@ -242,8 +270,9 @@ def test_report_end_to_end(run: Path, tmp_path: Path, capsys) -> None:
     for text in ("Per class", "Calibration", "Fairness across groups", "Most confident mistakes", "confusion.png"):
         assert text in html
     md = tmp_path / "md"
-    code, stdout, err = cli(capsys, "report", "--checkpoint", str(run), "--data", "sample", "--out", str(md),
-                            "--format", "markdown")  # fmt: skip
+    code, stdout, err = cli(
+        capsys, "report", "--checkpoint", str(run), "--data", "sample", "--out", str(md), "--format", "markdown"
+    )
     assert code == 0, err
     assert stdout.strip().splitlines()[-1] == f"report: {md / 'report.md'}"
     markdown = (md / "report.md").read_text()
@@ -265,8 +294,9 @@ def test_report_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, csv_text
     groups = tmp_path / "g.csv"
     groups.write_text(csv_text)
     args = ["--groups", str(groups)] if not extra else extra
-    code, _, err = cli(capsys, "report", "--checkpoint", str(run), "--data", "sample", "--out", str(tmp_path / "o"),
-                       *args)  # fmt: skip
+    code, _, err = cli(
+        capsys, "report", "--checkpoint", str(run), "--data", "sample", "--out", str(tmp_path / "o"), *args
+    )
     assert code == 2 and message in err
     assert err.startswith("resnetkit: error: ") and err.strip().count("\n") == 0
 
@@ -291,11 +321,32 @@ def test_report_on_an_image_folder_keys_groups_by_relative_path(tmp_path: Path, 
                 lines.append(f"{split}/{label}/{i}.png,{'indoor' if i else 'outdoor'}")
     (tmp_path / "groups.csv").write_text("\n".join(lines) + "\n")
     checkpoint = tmp_path / "m.pt"
-    save_checkpoint(checkpoint, create_model("resnet20", num_classes=2), classes=["cat", "dog"],
-                    preprocessing=preprocessing_for(CIFAR_CFG, "cifar").to_dict(), config={})  # fmt: skip
-    code, out, err = cli(capsys, "report", "--checkpoint", str(checkpoint), "--data", "folder", "--data-dir", str(data),
-                         "--split", "val", "--groups", str(tmp_path / "groups.csv"), "--calibrate", "train",
-                         "--out", str(tmp_path / "r"), "--json")  # fmt: skip
+    save_checkpoint(
+        checkpoint,
+        create_model("resnet20", num_classes=2),
+        classes=["cat", "dog"],
+        preprocessing=preprocessing_for(CIFAR_CFG, "cifar").to_dict(),
+        config={},
+    )
+    code, out, err = cli(
+        capsys,
+        "report",
+        "--checkpoint",
+        str(checkpoint),
+        "--data",
+        "folder",
+        "--data-dir",
+        str(data),
+        "--split",
+        "val",
+        "--groups",
+        str(tmp_path / "groups.csv"),
+        "--calibrate",
+        "train",
+        "--out",
+        str(tmp_path / "r"),
+        "--json",
+    )
     assert code == 0, err
     numbers = json.loads(out)
     assert numbers["n"] == 6 and {r["group"]: r["n"] for r in numbers["groups"]["rows"]} == {"indoor": 4, "outdoor": 2}

@@ -82,8 +82,17 @@ def _start(tmp_path: Path, *args: str, checkpoint: str | Path = WEIGHTS) -> Serv
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
-    s = _start(tmp_path_factory.mktemp("serve"), "--max-body-mb", "1", "--max-delay-ms", "250", "--threads", "1",
-               "--max-queue", "8")  # fmt: skip
+    s = _start(
+        tmp_path_factory.mktemp("serve"),
+        "--max-body-mb",
+        "1",
+        "--max-delay-ms",
+        "250",
+        "--threads",
+        "1",
+        "--max-queue",
+        "8",
+    )
     try:
         yield s
     finally:
@@ -194,8 +203,13 @@ def test_metadata_health_readiness_metrics_and_docs(server) -> None:
     assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
     assert "/v1/predict" in httpx.get(f"{server.url}/openapi.json").json()["paths"]
     text = httpx.get(f"{server.url}/metrics").text
-    for name in ("resnetkit_requests_total", "resnetkit_request_seconds_bucket", "resnetkit_batch_size_bucket",
-                 "resnetkit_queue_depth", "resnetkit_forward_seconds_count"):  # fmt: skip
+    for name in (
+        "resnetkit_requests_total",
+        "resnetkit_request_seconds_bucket",
+        "resnetkit_batch_size_bucket",
+        "resnetkit_queue_depth",
+        "resnetkit_forward_seconds_count",
+    ):
         assert name in text
 
 
@@ -343,8 +357,12 @@ def test_the_page_in_a_real_browser(server, images, tmp_path, monkeypatch) -> No
         best = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, ".result .top-class"))[0]
         assert best.get_attribute("textContent") == "cat"
         assert len(driver.find_elements(By.CSS_SELECTOR, ".result .bar")) == 5
-        wait.until(lambda d: d.execute_script("const i = document.querySelector('.result img.overlay');"
-                                              "return i && i.complete && i.naturalWidth >= 256;"))  # fmt: skip
+        wait.until(
+            lambda d: d.execute_script(
+                "const i = document.querySelector('.result img.overlay');"
+                "return i && i.complete && i.naturalWidth >= 256;"
+            )
+        )
         shot = Path(os.environ.get("RESNETKIT_SCREENSHOT", tmp_path / "page.png"))
         driver.save_screenshot(str(shot))
         assert Image.open(shot).size[0] > 500

@@ -25,24 +25,127 @@ from conftest import shared_data
 
 # load_image_folder(<folder>, val_fraction, seed) held out exactly these files before the change
 FOLDER_HELD_OUT = [
-    ({"a": 20, "b": 10, "c": 2}, 0.2, 3, ["a/003.png", "a/006.png", "a/007.png", "a/012.png", "b/001.png",
-                                          "b/004.png", "c/000.png"]),
+    (
+        {"a": 20, "b": 10, "c": 2},
+        0.2,
+        3,
+        ["a/003.png", "a/006.png", "a/007.png", "a/012.png", "b/001.png", "b/004.png", "c/000.png"],
+    ),
     ({"cat": 12, "dog": 9}, 0.1, 0, ["cat/008.png", "dog/002.png"]),
-    ({"cat": 12, "dog": 9}, 0.3, 7, ["cat/000.png", "cat/003.png", "cat/004.png", "cat/005.png", "dog/000.png",
-                                     "dog/001.png", "dog/003.png"]),
-]  # fmt: skip
+    (
+        {"cat": 12, "dog": 9},
+        0.3,
+        7,
+        ["cat/000.png", "cat/003.png", "cat/004.png", "cat/005.png", "dog/000.png", "dog/001.png", "dog/003.png"],
+    ),
+]
 # cats_vs_dogs/train used as a folder of class sub-folders (seed 0, 10%): 200 files, this sha256 of their list
 CVD_HELD_OUT_SHA256 = "96bbd06cc714d76315206e540af50f1d4d28b4208f86dbe911531942516b388c"
 # positions in the embedded sample of TrainConfig(data="sample", train_subset=16, test_subset=20, val_size=100,
 # seed=1)'s training subset (in its drawn order), validation split and test subset
 SAMPLE_TRAIN = [49, 714, 1752, 357, 216, 1339, 1097, 304, 1507, 566, 1288, 1365, 61, 1545, 1373, 1018]
 SAMPLE_VAL = [
-    2, 16, 20, 42, 53, 83, 86, 107, 143, 151, 178, 199, 208, 222, 239, 244, 251, 265, 269, 306, 341, 351, 368, 375,
-    376, 383, 388, 407, 410, 452, 455, 456, 460, 464, 465, 472, 600, 611, 625, 627, 649, 688, 751, 780, 803, 832, 860,
-    865, 890, 925, 935, 980, 992, 1025, 1028, 1029, 1054, 1064, 1070, 1083, 1107, 1129, 1135, 1145, 1162, 1176, 1204,
-    1216, 1220, 1282, 1289, 1370, 1376, 1408, 1410, 1457, 1461, 1483, 1488, 1497, 1512, 1565, 1583, 1590, 1623, 1631,
-    1648, 1649, 1653, 1659, 1669, 1692, 1698, 1739, 1741, 1751, 1841, 1845, 1923, 1999,
-]  # fmt: skip
+    2,
+    16,
+    20,
+    42,
+    53,
+    83,
+    86,
+    107,
+    143,
+    151,
+    178,
+    199,
+    208,
+    222,
+    239,
+    244,
+    251,
+    265,
+    269,
+    306,
+    341,
+    351,
+    368,
+    375,
+    376,
+    383,
+    388,
+    407,
+    410,
+    452,
+    455,
+    456,
+    460,
+    464,
+    465,
+    472,
+    600,
+    611,
+    625,
+    627,
+    649,
+    688,
+    751,
+    780,
+    803,
+    832,
+    860,
+    865,
+    890,
+    925,
+    935,
+    980,
+    992,
+    1025,
+    1028,
+    1029,
+    1054,
+    1064,
+    1070,
+    1083,
+    1107,
+    1129,
+    1135,
+    1145,
+    1162,
+    1176,
+    1204,
+    1216,
+    1220,
+    1282,
+    1289,
+    1370,
+    1376,
+    1408,
+    1410,
+    1457,
+    1461,
+    1483,
+    1488,
+    1497,
+    1512,
+    1565,
+    1583,
+    1590,
+    1623,
+    1631,
+    1648,
+    1649,
+    1653,
+    1659,
+    1669,
+    1692,
+    1698,
+    1739,
+    1741,
+    1751,
+    1841,
+    1845,
+    1923,
+    1999,
+]
 SAMPLE_TEST = [24, 44, 74, 80, 87, 132, 139, 143, 152, 169, 208, 221, 225, 263, 271, 279, 296, 334, 441, 446]
 
 
@@ -60,8 +163,9 @@ def test_folder_held_out_files_are_those_drawn_before(tmp_path: Path, counts, fr
     root = _make_classes(tmp_path, counts)
     train, val = load_image_folder(root, size=8, val_fraction=fraction, seed=seed, progress=False)
     assert val.info["held_out"] == val.info["files"] == held_out
-    assert sorted(train.info["files"] + val.info["files"]) == sorted(f"{c}/{i:03d}.png" for c in counts
-                                                                      for i in range(counts[c]))  # fmt: skip
+    assert sorted(train.info["files"] + val.info["files"]) == sorted(
+        f"{c}/{i:03d}.png" for c in counts for i in range(counts[c])
+    )
 
 
 def test_held_out_list_of_real_photographs_is_the_one_recorded_before() -> None:

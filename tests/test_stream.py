@@ -31,8 +31,23 @@ from conftest import REPO, shared_data
 
 WORKER = Path(__file__).with_name("stream_worker.py")
 PER_CLASS = {"train": 24, "val": 8}
-RUN = ["--model", "resnet18", "--data", "folder", "--data-mode", "stream", "--img-size", "32", "--batch-size", "8",
-       "--no-progress", "--threads", "1", "--set", "model_kwargs={drop_path_rate: 0.1}"]  # fmt: skip
+RUN = [
+    "--model",
+    "resnet18",
+    "--data",
+    "folder",
+    "--data-mode",
+    "stream",
+    "--img-size",
+    "32",
+    "--batch-size",
+    "8",
+    "--no-progress",
+    "--threads",
+    "1",
+    "--set",
+    "model_kwargs={drop_path_rate: 0.1}",
+]
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +101,9 @@ def test_batches_from_workers_are_normalised_on_one_thread(folder: Path, monkeyp
 
     seen: list[int] = []
     normalize = Preprocessing.normalize
-    monkeypatch.setattr(Preprocessing, "normalize", lambda *a, **k: seen.append(torch.get_num_threads())
-                        or normalize(*a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        Preprocessing, "normalize", lambda *a, **k: seen.append(torch.get_num_threads()) or normalize(*a, **k)
+    )
     train, _ = stream_image_folder(folder, *transforms_for(_pre()))
     before = torch.get_num_threads()
     torch.set_num_threads(2)
@@ -102,8 +118,21 @@ def test_batches_from_workers_are_normalised_on_one_thread(folder: Path, monkeyp
 
 def test_each_image_once_per_epoch_across_two_torchrun_processes(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "seen"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(WORKER),
-           "--folder", str(folder), "--epoch", "1", "--out", str(out)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        str(WORKER),
+        "--folder",
+        str(folder),
+        "--epoch",
+        "1",
+        "--out",
+        str(out),
+    ]
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -127,8 +156,9 @@ def test_a_streamed_run_resumes_mid_epoch_exactly(folder: Path, tmp_path: Path, 
         assert main(["-q", *args, "--out", str(tmp_path / "split"), "--checkpoint-every", "1"]) == 130
     assert main(["-q", "train", "--resume", str(tmp_path / "split"), "--no-progress"]) == 0
     capsys.readouterr()
-    straight, split = (torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=True)["model"]
-                       for d in ("straight", "split"))  # fmt: skip
+    straight, split = (
+        torch.load(tmp_path / d / "checkpoints/last.pt", weights_only=True)["model"] for d in ("straight", "split")
+    )
     assert all(torch.equal(straight[k], split[k]) for k in straight)
     row = json.loads((tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()[0])
     assert 0 < row["data_wait_share"] < 1  # the share of the epoch the training process waited for batches
@@ -179,8 +209,16 @@ def test_fixres_trains_on_smaller_crops_and_evaluates_the_resized_center(folder:
     from resnetkit.data.stream import loader_for
     from resnetkit.models import resolve_data_config
 
-    cfg = TrainConfig(model="resnet18", data="folder", data_dir=str(folder), data_mode=mode, img_size=64,
-                      train_img_size=48, eval_resize=72, progress=False)  # fmt: skip
+    cfg = TrainConfig(
+        model="resnet18",
+        data="folder",
+        data_dir=str(folder),
+        data_mode=mode,
+        img_size=64,
+        train_img_size=48,
+        eval_resize=72,
+        progress=False,
+    )
     data = load_training_data(cfg, resolve_data_config("resnet18"))
     assert data.preprocessing.storage_size == 72 and data.preprocessing.train_crop == 48
     kw = dict(workers=0, strict=False, batch_size=8)
@@ -192,9 +230,24 @@ def test_fixres_trains_on_smaller_crops_and_evaluates_the_resized_center(folder:
 def test_adamw_trains_with_decoupled_weight_decay_and_no_decay_on_norms(tmp_path: Path) -> None:
     from resnetkit.engine.runner import run_training
 
-    run_training(TrainConfig(model="resnet20", data="sample", optimizer="adamw", lr=1e-3, weight_decay=0.05,
-                             no_decay_bn_bias=True, epochs=1, max_steps=2, batch_size=16, train_subset=32,
-                             test_subset=16, progress=False, threads=1, out=str(tmp_path / "run")))  # fmt: skip
+    run_training(
+        TrainConfig(
+            model="resnet20",
+            data="sample",
+            optimizer="adamw",
+            lr=1e-3,
+            weight_decay=0.05,
+            no_decay_bn_bias=True,
+            epochs=1,
+            max_steps=2,
+            batch_size=16,
+            train_subset=32,
+            test_subset=16,
+            progress=False,
+            threads=1,
+            out=str(tmp_path / "run"),
+        )
+    )
     opt = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["optimizer"]
     assert [g["weight_decay"] for g in opt["param_groups"]] == [0.05, 0.0]
     assert all(g["betas"] == (0.9, 0.999) for g in opt["param_groups"])
@@ -218,8 +271,25 @@ def test_big_jpegs_are_decoded_at_a_reduced_scale_that_still_covers_the_crop(tmp
 
 
 def test_bench_data_times_both_pipelines(folder: Path, capsys) -> None:
-    code = main(["-q", "bench", "data", "--data-dir", str(folder), "--img-size", "64", "--batch-size", "8",
-                 "--images", "16", "--rounds", "1", "--workers", "1"])  # fmt: skip
+    code = main(
+        [
+            "-q",
+            "bench",
+            "data",
+            "--data-dir",
+            str(folder),
+            "--img-size",
+            "64",
+            "--batch-size",
+            "8",
+            "--images",
+            "16",
+            "--rounds",
+            "1",
+            "--workers",
+            "1",
+        ]
+    )
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and result["bench"] == "data"
     assert result["images_per_sec"] > 0 and result["baseline_images_per_sec"] > 0
@@ -256,16 +326,19 @@ def test_streamed_evaluation_scores_the_images_memory_mode_scores(folder: Path, 
     assert streamed.info["files"] == memory.info["files"]
     assert len(streamed) == {"val": 16, "all": 64, "train": 48}[split]
     assert {k: streamed.info[k] for k in ("source", "split")} == {k: memory.info[k] for k in ("source", "split")}
-    loaders = (BatchLoader(memory, pre, batch_size=8, train=False),
-               StreamLoader(streamed, pre, batch_size=8, train=False, workers=1))  # fmt: skip
+    loaders = (
+        BatchLoader(memory, pre, batch_size=8, train=False),
+        StreamLoader(streamed, pre, batch_size=8, train=False, workers=1),
+    )
     (xm, ym), (xs, ys) = ((torch.cat(x), torch.cat(y)) for x, y in (zip(*ld.epoch(0), strict=True) for ld in loaders))
     assert torch.equal(ym, ys) and xm.shape == xs.shape
     assert (xm - xs).abs().mean() < 0.2  # normalised units; another photo in each place differs by ~1
     assert (xm - xs.roll(1, 0)).abs().mean() > 0.5
 
 
-def test_eval_streams_a_folder_and_leaves_out_unreadable_files(folder: Path, tmp_path: Path, capsys,
-                                                              monkeypatch) -> None:  # fmt: skip
+def test_eval_streams_a_folder_and_leaves_out_unreadable_files(
+    folder: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     run = tmp_path / "run"
     assert main(["-q", "train", *RUN, "--data-dir", str(folder), "--max-steps", "2", "--out", str(run)]) == 0
     broken = tmp_path / "broken"
@@ -284,7 +357,8 @@ def test_eval_streams_a_folder_and_leaves_out_unreadable_files(folder: Path, tmp
 
     preds = predict_split(run, "folder", str(broken), split="val", data_mode="stream", workers=0, progress=False)
     assert len(preds.ids) == len(preds.labels) == 15 and bad.relative_to(broken).as_posix() not in preds.ids
-    assert preds.ids == [f for f in predict_split(run, "folder", str(broken), split="val", data_mode="memory",
-                                                  progress=False).ids]  # fmt: skip
+    assert preds.ids == [
+        f for f in predict_split(run, "folder", str(broken), split="val", data_mode="memory", progress=False).ids
+    ]
     assert main(["eval", "--checkpoint", str(run), "--data", "sample", "--data-mode", "stream"]) == 2
     assert "is for image folders streamed from disk" in capsys.readouterr().err

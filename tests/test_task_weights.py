@@ -82,12 +82,15 @@ def test_every_coco_entry_builds_the_architecture_torchvision_loads_its_file_int
         with torch.device("meta"):
             ours = task_architecture(entry)
             extra = {"aux_loss": True} if entry.task == "segmentation" else {}
-            theirs = torchvision.models.get_model(tv_name, weights=None, weights_backbone=None,
-                                                  num_classes=entry.num_classes, **extra)  # fmt: skip
+            theirs = torchvision.models.get_model(
+                tv_name, weights=None, weights_backbone=None, num_classes=entry.num_classes, **extra
+            )
         # torchvision's COCO_V1 detectors were saved with FrozenBatchNorm (no counter); it builds BatchNorm without
         # weights, so the counters are left out on both sides
-        shapes = [{k: v.shape for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
-                  for m in (ours, theirs)]  # fmt: skip
+        shapes = [
+            {k: v.shape for k, v in m.state_dict().items() if not k.endswith("num_batches_tracked")}
+            for m in (ours, theirs)
+        ]
         assert shapes[0] == shapes[1], tv_name
         frozen = any(isinstance(m, FrozenBatchNorm2d) for m in ours.modules())
         assert frozen == ("frozen_bn_eps" in entry.build), tv_name  # v1 detectors: frozen, as their files were
@@ -141,8 +144,18 @@ def test_segment_cli_writes_json_and_an_overlay_equal_to_torchvision(server, pho
         torch.testing.assert_close(ours(x)["out"], theirs.eval()(x)["out"], rtol=1e-4, atol=1e-4)
     image = shared_data("cats_vs_dogs") / "val" / "cat"
     path = sorted(image.glob("*.jpg"))[0]
-    code, out, err = cli(capsys, "segment", "--checkpoint", "deeplabv3_resnet50.tv_coco", str(path),
-                         "--out", str(tmp_path / "seg"), "--min-share", "0", "--json")  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "segment",
+        "--checkpoint",
+        "deeplabv3_resnet50.tv_coco",
+        str(path),
+        "--out",
+        str(tmp_path / "seg"),
+        "--min-share",
+        "0",
+        "--json",
+    )
     assert code == 0, err
     (record,) = json.loads(out)
     with Image.open(path) as im:
@@ -160,8 +173,18 @@ def test_detect_cli_boxes_inside_the_image_and_an_overlay(server, tmp_path, monk
     theirs = torchvision.models.detection.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None)
     _serve("retinanet_resnet50_fpn_v2.tv_coco", theirs.state_dict(), root, base, monkeypatch)
     path = sorted((shared_data("cats_vs_dogs") / "val" / "dog").glob("*.jpg"))[1]
-    code, out, err = cli(capsys, "detect", "--checkpoint", "retinanet_resnet50_fpn_v2.tv_coco", str(path),
-                         "--out", str(tmp_path / "det"), "--score", "0.0", "--json")  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "detect",
+        "--checkpoint",
+        "retinanet_resnet50_fpn_v2.tv_coco",
+        str(path),
+        "--out",
+        str(tmp_path / "det"),
+        "--score",
+        "0.0",
+        "--json",
+    )
     assert code == 0, err
     (record,) = json.loads(out)
     assert record["detections"], "a random RetinaNet still keeps its top boxes at score 0"

@@ -16,11 +16,14 @@ from conftest import randomize_norm_stats, shared_data
 
 SMALL = {"min_size": 160, "max_size": 240, "box_score_thresh": 0.0}  # random weights score low: keep every box
 TORCHVISION = {
-    "fasterrcnn": detection.fasterrcnn_resnet50_fpn, "fasterrcnn_v2": detection.fasterrcnn_resnet50_fpn_v2,
-    "retinanet": detection.retinanet_resnet50_fpn, "retinanet_v2": detection.retinanet_resnet50_fpn_v2,
-    "maskrcnn": detection.maskrcnn_resnet50_fpn, "maskrcnn_v2": detection.maskrcnn_resnet50_fpn_v2,
+    "fasterrcnn": detection.fasterrcnn_resnet50_fpn,
+    "fasterrcnn_v2": detection.fasterrcnn_resnet50_fpn_v2,
+    "retinanet": detection.retinanet_resnet50_fpn,
+    "retinanet_v2": detection.retinanet_resnet50_fpn_v2,
+    "maskrcnn": detection.maskrcnn_resnet50_fpn,
+    "maskrcnn_v2": detection.maskrcnn_resnet50_fpn_v2,
     "keypointrcnn": detection.keypointrcnn_resnet50_fpn,
-}  # fmt: skip
+}
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,9 @@ def test_detectors_equal_torchvision_with_the_same_weights(kind: str, photos) ->
         _same(g, w)
 
 
-@pytest.mark.parametrize(("kind", "builder"), [("fcn", segmentation.fcn_resnet50),
-                                                ("deeplabv3", segmentation.deeplabv3_resnet50)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "builder"), [("fcn", segmentation.fcn_resnet50), ("deeplabv3", segmentation.deeplabv3_resnet50)]
+)
 def test_segmenters_equal_torchvision_with_the_same_weights(kind: str, builder, photos) -> None:
     torch.manual_seed(0)
     theirs = randomize_norm_stats(builder(weights=None, weights_backbone=None, aux_loss=True)).eval()

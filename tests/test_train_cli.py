@@ -54,8 +54,17 @@ def test_train_eval_predict_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFix
     ):
         assert (run / name).is_file(), name
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 1 and {"epoch", "step", "lr", "train_loss", "train_top1", "test_loss", "test_top1", "test_top5",
-                               "train_images_per_s"} <= set(rows[0])  # fmt: skip
+    assert len(rows) == 1 and {
+        "epoch",
+        "step",
+        "lr",
+        "train_loss",
+        "train_top1",
+        "test_loss",
+        "test_top1",
+        "test_top5",
+        "train_images_per_s",
+    } <= set(rows[0])
     info = json.loads((run / "run.json").read_text())
     assert info["datasets"]["train"]["n"] == 128 and info["datasets"]["test"]["n"] == 10_000
     code, out, err = cli(
@@ -76,8 +85,20 @@ def test_train_eval_predict_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFix
         (folder / name).mkdir(parents=True)
         for i in np.flatnonzero(raw[:, 0] == c)[:8]:
             Image.fromarray(raw[i, 1:].reshape(3, 32, 32).transpose(1, 2, 0)).save(folder / name / f"{i}.png")
-    code, out, err = cli(capsys, "eval", "--checkpoint", str(run), "--data", "folder", "--data-dir", str(folder),
-                         "--split", "all", "--json", "--no-compile")  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "eval",
+        "--checkpoint",
+        str(run),
+        "--data",
+        "folder",
+        "--data-dir",
+        str(folder),
+        "--split",
+        "all",
+        "--json",
+        "--no-compile",
+    )
     assert code == 0, err
     sub = json.loads(out)
     assert sub["n"] == 80 and sub["classes"] == classes
@@ -93,12 +114,36 @@ def test_train_eval_predict_on_cifar10(tmp_path: Path, capsys: pytest.CaptureFix
 def test_train_eval_predict_on_an_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = shared_data("cats_vs_dogs")
     run = tmp_path / "run"
-    code, out, err = cli(capsys, "train", "--config", "cats_vs_dogs", "--data-dir", str(data), "--img-size", "32",
-                         "--max-steps", "3", "--out", str(run), *TINY)  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--config",
+        "cats_vs_dogs",
+        "--data-dir",
+        str(data),
+        "--img-size",
+        "32",
+        "--max-steps",
+        "3",
+        "--out",
+        str(run),
+        *TINY,
+    )
     assert code == 0, err
     assert json.loads((run / "run.json").read_text())["classes"] == ["cat", "dog"]
-    code, out, err = cli(capsys, "eval", "--checkpoint", str(run / "checkpoints" / "best.pt"), "--data", "folder",
-                         "--data-dir", str(data), "--split", "val", "--json")  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "eval",
+        "--checkpoint",
+        str(run / "checkpoints" / "best.pt"),
+        "--data",
+        "folder",
+        "--data-dir",
+        str(data),
+        "--split",
+        "val",
+        "--json",
+    )
     assert code == 0, err
     res = json.loads(out)
     assert res["n"] == 1000 and res["classes"] == ["cat", "dog"] and len(res["confusion_matrix"]) == 2
@@ -208,8 +253,20 @@ def test_demo_trains_evaluates_and_predicts_offline(tmp_path: Path, capsys) -> N
 def test_validation_split_early_stopping_and_regularisers(tmp_path: Path, capsys) -> None:
     run = tmp_path / "r"
     extras = ["--set", "cutmix=1.0", "--set", "cutout=8", "--set", "grad_clip=1.0", "--set", "amp=true"]
-    code, out, err = cli(capsys, "train", "--val-size", "200", "--early-stopping", "1", "--epochs", "4",
-                         "--out", str(run), *extras, *TINY)  # fmt: skip
+    code, out, err = cli(
+        capsys,
+        "train",
+        "--val-size",
+        "200",
+        "--early-stopping",
+        "1",
+        "--epochs",
+        "4",
+        "--out",
+        str(run),
+        *extras,
+        *TINY,
+    )
     assert code == 0, err
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert all({"val_top1", "test_top1"} <= set(r) for r in rows)

@@ -14,12 +14,37 @@ DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder", "coco")
 TASKS = ("classification", "detection")
 # the fields a detection run would silently ignore (classification's data pipeline, regularisers, distillation,
 # EMA, precision and compile choices): set to anything but their default, they are a one-line error
-DETECTION_IGNORES = frozenset({
-    "backbone_lr_mult", "freeze_bn", "teacher", "kd_temperature", "kd_weight", "download", "train_img_size",
-    "eval_resize", "val_size", "val_fraction", "augment", "rrc_scale", "cutout", "augment_policy", "random_erasing",
-    "data_mode", "memory_budget_gb", "mixup", "cutmix", "label_smoothing", "ema_decay", "ema_every", "amp_dtype",
-    "compile", "early_stopping", "checkpoint_every", "strict",
-})  # fmt: skip
+DETECTION_IGNORES = frozenset(
+    {
+        "backbone_lr_mult",
+        "freeze_bn",
+        "teacher",
+        "kd_temperature",
+        "kd_weight",
+        "download",
+        "train_img_size",
+        "eval_resize",
+        "val_size",
+        "val_fraction",
+        "augment",
+        "rrc_scale",
+        "cutout",
+        "augment_policy",
+        "random_erasing",
+        "data_mode",
+        "memory_budget_gb",
+        "mixup",
+        "cutmix",
+        "label_smoothing",
+        "ema_decay",
+        "ema_every",
+        "amp_dtype",
+        "compile",
+        "early_stopping",
+        "checkpoint_every",
+        "strict",
+    }
+)
 # detectors `train --task detection` fine-tunes (boxes only: no masks or keypoints in the COCO reader yet)
 TRAINABLE_DETECTORS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "retinanet_v2")
 SCHEDULES = ("paper", "cosine", "onecycle", "constant")

@@ -24,10 +24,18 @@ CALIB_BATCH = 64
 
 
 def export_checkpoint(
-    source: str | None, fmt: str, out: str | Path, *, model: str | None = None, int8: bool = False,
-    data: str | None = None, data_dir: str | None = None, calib_size: int = 512, seed: int = 0,
+    source: str | None,
+    fmt: str,
+    out: str | Path,
+    *,
+    model: str | None = None,
+    int8: bool = False,
+    data: str | None = None,
+    data_dir: str | None = None,
+    calib_size: int = 512,
+    seed: int = 0,
     download: bool = False,
-) -> ExportMeta:  # fmt: skip
+) -> ExportMeta:
     """Export `source` (or, with `model` alone, that architecture untrained; with both, a weights file into
     that architecture) to `out`. int8 calibrates on `calib_size` images drawn (seeded) from the training split of
     `data`: calibrating on the test images would tune the file to the numbers it is judged by."""
@@ -41,11 +49,16 @@ def export_checkpoint(
         raise ExportError(f"--calib-size must be at least 1 image, got {calib_size}")
     loaded = _source(source, model)
     meta = ExportMeta(
-        architecture=loaded.architecture, classes=tuple(loaded.classes), preprocessing=loaded.preprocessing.to_dict(),
-        format=fmt, source=str(source or f"untrained {model}"), source_sha256=_sha256(loaded),
-        model_kwargs=loaded.model_kwargs, resnetkit_version=VERSION,
+        architecture=loaded.architecture,
+        classes=tuple(loaded.classes),
+        preprocessing=loaded.preprocessing.to_dict(),
+        format=fmt,
+        source=str(source or f"untrained {model}"),
+        source_sha256=_sha256(loaded),
+        model_kwargs=loaded.model_kwargs,
+        resnetkit_version=VERSION,
         provenance=Predictor(loaded, source).provenance() or None if source else None,
-    )  # fmt: skip
+    )
     calibration = _calibration(loaded, data, data_dir, calib_size, seed, download) if int8 else None
     return export_model(loaded.model, meta, out, calibration=calibration)
 

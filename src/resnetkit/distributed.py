@@ -271,9 +271,14 @@ class _SyncBatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor,
+        ctx: Any,
+        x: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        mean: torch.Tensor,
+        invstd: torch.Tensor,
         n: float,
-    ) -> torch.Tensor:  # fmt: skip
+    ) -> torch.Tensor:
         ctx.save_for_backward(x, weight, mean, invstd)
         ctx.n = n
         return (x - _view(mean)) * _view(invstd * weight) + _view(bias)

@@ -45,8 +45,9 @@ def fetch_url(url: str, dest: Path, *, progress: bool = True, timeout: float = 6
             length = int(response.headers.get("Content-Length") or 0)
             total = (have if resumed else 0) + length or None
             with partial.open("ab" if resumed else "wb") as out:
-                copy_with_progress(response, out, total, progress=progress, name=dest.name,
-                                   initial=have if resumed else 0)  # fmt: skip
+                copy_with_progress(
+                    response, out, total, progress=progress, name=dest.name, initial=have if resumed else 0
+                )
         got = partial.stat().st_size
         if total is not None and got != total:  # the connection closed early: keep the part for a resume
             raise FetchError(url, f"connection closed after {got} of {total} bytes; run again to resume")

@@ -32,10 +32,19 @@ def load_for_inference(
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path, data: str, data_dir: str | None = None, *, split: str = "test",
-    batch_size: int = 250, tta_flip: bool = False, download: bool = False, progress: bool = True,
-    compile: bool | None = None, data_mode: str = "auto", workers: int | None = None,
-) -> dict[str, Any]:  # fmt: skip
+    checkpoint: str | Path,
+    data: str,
+    data_dir: str | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 250,
+    tta_flip: bool = False,
+    download: bool = False,
+    progress: bool = True,
+    compile: bool | None = None,
+    data_mode: str = "auto",
+    workers: int | None = None,
+) -> dict[str, Any]:
     """top1, top5, loss, n, per-class accuracy, the confusion matrix, per-class precision / recall / F1 and the
     expected calibration error of a checkpoint on one split (options as in `predict_split`).
 
@@ -48,9 +57,18 @@ def evaluate_checkpoint(
     model's within 1e-4.
     """
     preds = predict_split(
-        checkpoint, data, data_dir, split=split, batch_size=batch_size, tta_flip=tta_flip, download=download,
-        progress=progress, compile=compile, data_mode=data_mode, workers=workers,
-    )  # fmt: skip
+        checkpoint,
+        data,
+        data_dir,
+        split=split,
+        batch_size=batch_size,
+        tta_flip=tta_flip,
+        download=download,
+        progress=progress,
+        compile=compile,
+        data_mode=data_mode,
+        workers=workers,
+    )
     return {
         **preds.to_eval_result().to_dict(preds.classes),
         **preds.quality(),
@@ -70,10 +88,20 @@ def _single_view(preds: Predictions) -> dict[str, float]:
 
 
 def predict_split(
-    checkpoint: str | Path, data: str, data_dir: str | None = None, *, split: str = "test",
-    batch_size: int = 250, tta_flip: bool = False, download: bool = False, progress: bool = True,
-    compile: bool | None = None, keep_images: bool = False, data_mode: str = "auto", workers: int | None = None,
-) -> Predictions:  # fmt: skip
+    checkpoint: str | Path,
+    data: str,
+    data_dir: str | None = None,
+    *,
+    split: str = "test",
+    batch_size: int = 250,
+    tta_flip: bool = False,
+    download: bool = False,
+    progress: bool = True,
+    compile: bool | None = None,
+    keep_images: bool = False,
+    data_mode: str = "auto",
+    workers: int | None = None,
+) -> Predictions:
     """The logits of a checkpoint for every image of one split, with labels and image ids (see Predictions).
 
     split "val" of CIFAR is the validation split the checkpoint's run held out of the training set (--val-size).
@@ -86,32 +114,57 @@ def predict_split(
     mistakes is then left out).
     """
     predictor = Predictor.load(checkpoint)
-    pre, classes, config = predictor.preprocessing, predictor.classes, predictor.config
-    record = predictor.run_record() if config else {}
-    trained_on = _trained_on(config, record, data, data_dir)
+    pre = predictor.preprocessing
     stream = folder_streams(data, data_dir, data_mode, pre)
-    if stream:
-        ds: Any = _stream_split(config, data_dir, split, pre, trained_on)
-    else:
-        opts = dict(trained_on=trained_on, download=download, progress=progress)
-        ds = _load_split(config, data, data_dir, split, pre, **opts)
-    if trained_on:
-        _check_held_out(ds, record)
-    if not predictor.named and len(classes) == len(ds.classes):
-        classes = list(ds.classes)  # a foreign ONNX file: its outputs take the data's names
-    if list(ds.classes) != classes:
-        raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
+    ds, classes, trained_on = _split_of(predictor, data, data_dir, split, stream, download=download, progress=progress)
     model = predictor.runnable(predictor.should_compile(len(ds)) if compile is None else compile)
-    loader = loader_for(ds, pre, workers=stream_workers(workers), strict=False, batch_size=batch_size, train=False,
-                        memory_format=predictor.memory_format)  # fmt: skip
+    loader = loader_for(
+        ds,
+        pre,
+        workers=stream_workers(workers),
+        strict=False,
+        batch_size=batch_size,
+        train=False,
+        memory_format=predictor.memory_format,
+    )
     with predictor.running():
         logits, labels, single = collect_logits(model, loader, tta_flip=tta_flip)
     # image folders record each image's path (relative to the data folder); CIFAR's `files` are its batch files
     left_out = set(getattr(loader, "skipped", ()))  # streamed: unreadable files found on the way
     ids = [f for i, f in enumerate(ds.info["files"]) if i not in left_out] if data == "folder" else None
     images = center_crop(ds.images, pre.size) if keep_images and not stream else None  # as the model sees them
-    return Predictions(logits, labels, classes, ids if ids is not None else [str(i) for i in range(len(ds))], images,
-                       _scored(ds, data, trained_on), single)  # fmt: skip
+    return Predictions(
+        logits,
+        labels,
+        classes,
+        ids if ids is not None else [str(i) for i in range(len(ds))],
+        images,
+        _scored(ds, data, trained_on),
+        single,
+    )
+
+
+def _split_of(
+    predictor: Predictor, data: str, data_dir: str | None, split: str, stream: bool, *, download: bool, progress: bool
+) -> tuple[Any, list[str], bool]:
+    """The dataset of `split` the predictor scores (streamed or in memory), the class names its outputs take, and
+    whether the data is the predictor's own training source (its held-out files then checked against the record)."""
+    pre, classes, config = predictor.preprocessing, predictor.classes, predictor.config
+    record = predictor.run_record() if config else {}
+    trained_on = _trained_on(config, record, data, data_dir)
+    if stream:
+        ds: Any = _stream_split(config, data_dir, split, pre, trained_on)
+    else:
+        ds = _load_split(
+            config, data, data_dir, split, pre, trained_on=trained_on, download=download, progress=progress
+        )
+    if trained_on:
+        _check_held_out(ds, record)
+    if not predictor.named and len(classes) == len(ds.classes):
+        classes = list(ds.classes)  # a foreign ONNX file: its outputs take the data's names
+    if list(ds.classes) != classes:
+        raise DataError(f"the checkpoint's classes {classes} differ from the data's {list(ds.classes)}")
+    return ds, classes, trained_on
 
 
 def _stream_split(
@@ -119,8 +172,7 @@ def _stream_split(
 ) -> StreamingFolder:
     seed, fraction = config.get("seed", 0), config.get("val_fraction", 0.1)
     evaluate = transforms_for(pre)[1]
-    return stream_folder_split(str(data_dir), split, evaluate, trained_on=trained_on, val_fraction=fraction,
-                               seed=seed)  # fmt: skip
+    return stream_folder_split(str(data_dir), split, evaluate, trained_on=trained_on, val_fraction=fraction, seed=seed)
 
 
 def _trained_on(config: dict[str, Any], record: dict[str, Any], data: str, data_dir: str | None) -> bool:
@@ -139,8 +191,13 @@ def _check_held_out(ds: ImageTensorDataset, record: dict[str, Any]) -> None:
     recorded = ((record.get("datasets") or {}).get("test") or {}).get("held_out")
     if recorded is not None and "held_out" in ds.info and list(recorded) != ds.info["held_out"]:
         new = len(set(ds.info["held_out"]) - set(recorded))
-        log.warning("%s: %d of the %d held-out images were not held out in training (files added or removed since "
-                    "run.json was written?)", ds.info["source"], new, len(ds.info["held_out"]))  # fmt: skip
+        log.warning(
+            "%s: %d of the %d held-out images were not held out in training (files added or removed since "
+            "run.json was written?)",
+            ds.info["source"],
+            new,
+            len(ds.info["held_out"]),
+        )
 
 
 def _scored(ds: ImageTensorDataset, data: str, trained_on: bool) -> dict[str, str]:

@@ -43,9 +43,15 @@ def prune_and_finetune(
     record = result.to_dict() | {"source": str(source), "architecture": loaded.architecture}
     atomic_write(out / "prune.json", lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2)))
     log.info(
-        "pruned %s with %s: %.1f%% of its MACs (%d -> %d), %d -> %d parameters", loaded.architecture, method,
-        100 * result.macs_ratio, result.macs_before, result.macs_after, result.params_before, result.params_after,
-    )  # fmt: skip
+        "pruned %s with %s: %.1f%% of its MACs (%d -> %d), %d -> %d parameters",
+        loaded.architecture,
+        method,
+        100 * result.macs_ratio,
+        result.macs_before,
+        result.macs_after,
+        result.params_before,
+        result.params_after,
+    )
     kwargs = dict(result.model.model_kwargs)
     kwargs.pop("num_classes", None)  # the run sets it from its data
     run_cfg = cfg.replace(model=loaded.architecture, model_kwargs=kwargs, weights=str(weights), out=str(out))

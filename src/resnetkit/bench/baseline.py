@@ -37,15 +37,18 @@ CIFAR10_NORMALIZE = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))  # as u
 def standard_train_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> DataLoader:
     import torchvision.transforms as T
 
-    transform = T.Compose([
-        T.RandomCrop(32, padding=4),
-        T.RandomHorizontalFlip(),
-        T.ToTensor(),
-        T.Normalize(*CIFAR10_NORMALIZE),
-    ])  # fmt: skip
+    transform = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(*CIFAR10_NORMALIZE),
+        ]
+    )
     dataset = CIFAR10Images(images, labels, transform)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True,
-                      persistent_workers=True)  # fmt: skip
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=True, num_workers=2, drop_last=True, persistent_workers=True
+    )
 
 
 def standard_train_steps(model: nn.Module, loader: DataLoader, steps: int) -> int:
@@ -101,7 +104,9 @@ def standard_folder_loader(folder: str, size: int, batch_size: int, workers: int
     import torchvision.transforms as T
     from torchvision.datasets import ImageFolder
 
-    transform = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(),
-                           T.Normalize(*IMAGENET_NORMALIZE)])  # fmt: skip
-    return DataLoader(ImageFolder(folder, transform), batch_size=batch_size, shuffle=True, num_workers=workers,
-                      drop_last=True)  # fmt: skip
+    transform = T.Compose(
+        [T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(*IMAGENET_NORMALIZE)]
+    )
+    return DataLoader(
+        ImageFolder(folder, transform), batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True
+    )

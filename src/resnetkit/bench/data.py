@@ -32,8 +32,9 @@ def _rate(batches: Iterable[tuple[torch.Tensor, torch.Tensor]], images: int) -> 
     return seen / (time.perf_counter() - start)
 
 
-def bench_data(data_dir: str, img_size: int = 224, workers: int = 2, batch_size: int = 64, images: int = 1024,
-               rounds: int = 3) -> BenchResult:  # fmt: skip
+def bench_data(
+    data_dir: str, img_size: int = 224, workers: int = 2, batch_size: int = 64, images: int = 1024, rounds: int = 3
+) -> BenchResult:
     """Median images/s over `rounds` alternating rounds of each pipeline, each delivering `images` training
     images (random-resized crops and flips, normalised float batches in the training process)."""
     train_dir = Path(data_dir) / "train" if (Path(data_dir) / "train").is_dir() else Path(data_dir)
@@ -46,7 +47,24 @@ def bench_data(data_dir: str, img_size: int = 224, workers: int = 2, batch_size:
         rates["baseline"].append(_rate(baseline, images))
         rates["ours"].append(_rate(ours.epoch(r), images))
     ips, base = statistics.median(rates["ours"]), statistics.median(rates["baseline"])
-    extra = {"workers": workers, "img_size": img_size, "images": images, "rounds": rounds, "rates": rates,
-             "folder": str(train_dir)}  # fmt: skip
-    return BenchResult("data", "input pipeline", batch_size, torch.get_num_threads(), ips, base, ips / base, 0.0, 0.0,
-                       False, extra=extra)  # fmt: skip
+    extra = {
+        "workers": workers,
+        "img_size": img_size,
+        "images": images,
+        "rounds": rounds,
+        "rates": rates,
+        "folder": str(train_dir),
+    }
+    return BenchResult(
+        "data",
+        "input pipeline",
+        batch_size,
+        torch.get_num_threads(),
+        ips,
+        base,
+        ips / base,
+        0.0,
+        0.0,
+        False,
+        extra=extra,
+    )

@@ -84,12 +84,33 @@ def bench_infer_checkpoint(
     flops = 2 * count_macs(baseline, size)
     runtime = "pytorch fast path" if loaded.runtime == "pytorch" else loaded.runtime
     precision = loaded.precision
-    extra = {"runtime": runtime, "precision": precision, "p50_ms": p50, "p99_ms": p99, "baseline_p50_ms": b50,
-             "baseline_p99_ms": b99, "same_weights": same, "file_mb": _size_mb(loaded)}  # fmt: skip
+    extra = {
+        "runtime": runtime,
+        "precision": precision,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "baseline_p50_ms": b50,
+        "baseline_p99_ms": b99,
+        "same_weights": same,
+        "file_mb": _size_mb(loaded),
+    }
     compiled = isinstance(ours, CompiledOrEager) and ours.compiled
-    return BenchResult("infer", checkpoint, batch_size, torch.get_num_threads(), ours_ips, base_ips,
-                       ours_ips / base_ips, ours_ips * flops / 1e9, base_ips * flops / 1e9, compiled, diff,
-                       1000 * batch_size / ours_ips, 1000 * batch_size / base_ips, extra)  # fmt: skip
+    return BenchResult(
+        "infer",
+        checkpoint,
+        batch_size,
+        torch.get_num_threads(),
+        ours_ips,
+        base_ips,
+        ours_ips / base_ips,
+        ours_ips * flops / 1e9,
+        base_ips * flops / 1e9,
+        compiled,
+        diff,
+        1000 * batch_size / ours_ips,
+        1000 * batch_size / base_ips,
+        extra,
+    )
 
 
 def _size_mb(loaded: Predictor) -> float | None:

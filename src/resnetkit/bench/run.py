@@ -6,7 +6,7 @@ import copy
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -32,6 +32,8 @@ from resnetkit.optim import build_sgd
 from resnetkit.runtime import host_threads
 from resnetkit.transforms import Preprocessing, preprocessing_for
 
+T = TypeVar("T")
+
 
 @dataclass
 class BenchResult:
@@ -54,6 +56,26 @@ class BenchResult:
         return asdict(self)
 
 
+def _eval_extra(
+    labels: torch.Tensor,
+    logits: torch.Tensor,
+    base_logits: torch.Tensor,
+    seconds: dict[str, float],
+    warm: dict[str, float],
+) -> dict[str, Any]:
+    """The eval bench's own numbers: the warm (second-pass) rates, both top-1s, both first-pass times."""
+    return {
+        "n": len(labels),
+        "warm_images_per_sec": warm["resnetkit"],
+        "warm_baseline_images_per_sec": warm["baseline"],
+        "warm_ratio": warm["resnetkit"] / warm["baseline"],
+        "top1": float((logits.argmax(1) == labels).float().mean()),
+        "baseline_top1": float((base_logits.argmax(1) == labels).float().mean()),
+        "seconds": seconds["resnetkit"],
+        "baseline_seconds": seconds["baseline"],
+    }
+
+
 def _timed(run: Callable[[], int], min_seconds: float) -> float:
     """Images per second of repeated `run()` calls (each returns images processed) over >= min_seconds."""
     images, start = 0, time.perf_counter()
@@ -65,9 +87,16 @@ def _timed(run: Callable[[], int], min_seconds: float) -> float:
 
 
 def bench_train(
-    images: torch.Tensor, labels: torch.Tensor, *, model_name: str = "resnet20", batch_size: int = 128,
-    steps: int = 40, warmup: int = 5, compile: bool = True, amp: bool = False,
-) -> BenchResult:  # fmt: skip
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    model_name: str = "resnet20",
+    batch_size: int = 128,
+    steps: int = 40,
+    warmup: int = 5,
+    compile: bool = True,
+    amp: bool = False,
+) -> BenchResult:
     """End-to-end training throughput (data, augmentation, forward, backward, step) on real CIFAR images.
 
     `amp`: resnetkit's side runs in bf16 autocast (as `resnetkit train --amp` on a CPU); the baseline stays fp32."""
@@ -83,8 +112,9 @@ def bench_train(
     seen = standard_train_steps(base_model, loader, steps)
     baseline = seen / (time.perf_counter() - t0)
     pre = preprocessing_for(fast_model.default_cfg, "cifar")
-    fast_loader = BatchLoader(ImageTensorDataset(images, labels, [str(i) for i in range(10)]), pre,
-                              batch_size=batch_size, train=True)  # fmt: skip
+    fast_loader = BatchLoader(
+        ImageTensorDataset(images, labels, [str(i) for i in range(10)]), pre, batch_size=batch_size, train=True
+    )
     forward = speed_up_for_training(fast_model, compile)
     optimizer = build_sgd(fast_model, 0.1, 0.9, 5e-4, False, False)
     batches = _cycle(fast_loader)
@@ -96,8 +126,19 @@ def bench_train(
         train_step(forward, *next(batches), optimizer, amp_dtype=amp_dtype)
     ours = steps * batch_size / (time.perf_counter() - t0)
     compiled = isinstance(forward, CompiledOrEager) and forward.compiled
-    return BenchResult("train", model_name, batch_size, torch.get_num_threads(), ours, baseline, ours / baseline,
-                       ours * flops / 1e9, baseline * flops / 1e9, compiled, extra={"amp": amp})  # fmt: skip
+    return BenchResult(
+        "train",
+        model_name,
+        batch_size,
+        torch.get_num_threads(),
+        ours,
+        baseline,
+        ours / baseline,
+        ours * flops / 1e9,
+        baseline * flops / 1e9,
+        compiled,
+        extra={"amp": amp},
+    )
 
 
 def _cycle(loader: BatchLoader):  # type: ignore[no-untyped-def]
@@ -128,15 +169,35 @@ def bench_infer(
     ours_ips = _timed(lambda: (fast(x_fast), batch_size)[1], seconds)
     flops = 2 * count_macs(ours, size)
     compiled = isinstance(fast, CompiledOrEager) and fast.compiled
-    return BenchResult("infer", model_name, batch_size, torch.get_num_threads(), ours_ips, base_ips,
-                       ours_ips / base_ips, ours_ips * flops / 1e9, base_ips * flops / 1e9, compiled, diff,
-                       1000 * batch_size / ours_ips, 1000 * batch_size / base_ips)  # fmt: skip
+    return BenchResult(
+        "infer",
+        model_name,
+        batch_size,
+        torch.get_num_threads(),
+        ours_ips,
+        base_ips,
+        ours_ips / base_ips,
+        ours_ips * flops / 1e9,
+        base_ips * flops / 1e9,
+        compiled,
+        diff,
+        1000 * batch_size / ours_ips,
+        1000 * batch_size / base_ips,
+    )
 
 
 def bench_eval(
-    images: torch.Tensor, labels: torch.Tensor, model: nn.Module, pre: Preprocessing, *, model_name: str,
-    batch_size: int = 250, compile: bool | None = None, baseline: nn.Module | None = None, deployed: bool = False,
-) -> BenchResult:  # fmt: skip
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    model: nn.Module,
+    pre: Preprocessing,
+    *,
+    model_name: str,
+    batch_size: int = 250,
+    compile: bool | None = None,
+    baseline: nn.Module | None = None,
+    deployed: bool = False,
+) -> BenchResult:
     """One whole evaluation of a dataset, end to end, as a user runs it: from the uint8 images in memory to the
     logits of every image. The baseline is the standard evaluation loop (PIL images, ToTensor + Normalize per
     image, a 2-worker DataLoader, the eager model); resnetkit's side is exactly what `resnetkit eval` does (fold
@@ -161,25 +222,31 @@ def bench_eval(
         with host_threads(fast):
             return collect_logits(fast, loader)[0]
 
-    t0 = time.perf_counter()
-    base_logits = baseline_pass()
-    base_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    base_logits, base_s = _seconds(baseline_pass)
     fast = model if deployed else speed_up_for_inference(model, compile=compile)
-    logits = ours_pass(fast)
-    ours_s = time.perf_counter() - t0
-    warm = {}
-    for who, run in (("baseline", baseline_pass), ("resnetkit", lambda: ours_pass(fast))):
-        t0 = time.perf_counter()
-        run()
-        warm[who] = n / (time.perf_counter() - t0)
-    top1 = {who: float((out.argmax(1) == labels).float().mean()) for who, out in (("baseline", base_logits),
-                                                                                   ("resnetkit", logits))}  # fmt: skip
-    extra = {"n": n, "warm_images_per_sec": warm["resnetkit"], "warm_baseline_images_per_sec": warm["baseline"],
-             "warm_ratio": warm["resnetkit"] / warm["baseline"], "top1": top1["resnetkit"],
-             "baseline_top1": top1["baseline"], "seconds": ours_s, "baseline_seconds": base_s}  # fmt: skip
+    logits, ours_s = _seconds(lambda: ours_pass(fast))
+    warm = {"baseline": n / _seconds(baseline_pass)[1], "resnetkit": n / _seconds(lambda: ours_pass(fast))[1]}
+    extra = _eval_extra(labels, logits, base_logits, {"resnetkit": ours_s, "baseline": base_s}, warm)
     ours_ips, base_ips = n / ours_s, n / base_s
     compiled = isinstance(fast, CompiledOrEager) and fast.compiled
-    return BenchResult("eval", model_name, batch_size, torch.get_num_threads(), ours_ips, base_ips,
-                       ours_ips / base_ips, ours_ips * flops / 1e9, base_ips * flops / 1e9, compiled,
-                       float((logits - base_logits).abs().max()), extra=extra)  # fmt: skip
+    return BenchResult(
+        "eval",
+        model_name,
+        batch_size,
+        torch.get_num_threads(),
+        ours_ips,
+        base_ips,
+        ours_ips / base_ips,
+        ours_ips * flops / 1e9,
+        base_ips * flops / 1e9,
+        compiled,
+        float((logits - base_logits).abs().max()),
+        extra=extra,
+    )
+
+
+def _seconds(run: Callable[[], T]) -> tuple[T, float]:
+    """What `run()` returns, and the seconds it took."""
+    t0 = time.perf_counter()
+    out = run()
+    return out, time.perf_counter() - t0

@@ -20,8 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     i.add_argument("--batch-size", type=int, default=8)
     i.add_argument("--seconds", type=float, default=5.0, help="timing window per variant")
     i.add_argument("--no-fold-bn", dest="fold_bn", action="store_false")
-    i.add_argument("--checkpoint", help="a checkpoint, registered name or exported file (.onnx, int8, .pt2), run "
-                   "as deployed; adds batch-1 latency p50/p99")  # fmt: skip
+    i.add_argument(
+        "--checkpoint",
+        help="a checkpoint, registered name or exported file (.onnx, int8, .pt2), run "
+        "as deployed; adds batch-1 latency p50/p99",
+    )
     for k in (t, i):
         k.add_argument("--no-compile", dest="compile", action="store_false")
     e = kinds.add_parser("eval", help="one whole evaluation of the CIFAR-10 test set (or the sample), end to end")
@@ -53,8 +56,15 @@ def run(args: argparse.Namespace) -> int:
         from resnetkit.data.cifar import load_cifar, load_sample
 
         ds = load_cifar(args.data_dir, "cifar10", "train", progress=False) if args.data_dir else load_sample("train")
-        result = bench_train(ds.images, ds.labels, model_name=args.model, batch_size=args.batch_size,
-                             steps=args.steps, compile=args.compile, amp=args.amp)  # fmt: skip
+        result = bench_train(
+            ds.images,
+            ds.labels,
+            model_name=args.model,
+            batch_size=args.batch_size,
+            steps=args.steps,
+            compile=args.compile,
+            amp=args.amp,
+        )
     elif args.bench == "eval":
         result = _bench_eval(args)
     elif args.bench == "data":
@@ -64,25 +74,41 @@ def run(args: argparse.Namespace) -> int:
     elif args.checkpoint:
         from resnetkit.bench.deployed import bench_infer_checkpoint
 
-        result = bench_infer_checkpoint(args.checkpoint, batch_size=args.batch_size, seconds=args.seconds,
-                                        compile=args.compile, fold_bn=args.fold_bn)  # fmt: skip
+        result = bench_infer_checkpoint(
+            args.checkpoint,
+            batch_size=args.batch_size,
+            seconds=args.seconds,
+            compile=args.compile,
+            fold_bn=args.fold_bn,
+        )
     else:
-        result = bench_infer(args.model, batch_size=args.batch_size, seconds=args.seconds, compile=args.compile,
-                             fold_bn=args.fold_bn)  # fmt: skip
-    r = result.to_dict()
+        result = bench_infer(
+            args.model, batch_size=args.batch_size, seconds=args.seconds, compile=args.compile, fold_bn=args.fold_bn
+        )
+    _print_result(result.to_dict())
+    return 0
+
+
+def _print_result(r: dict) -> None:
+    """The baseline-vs-resnetkit table, the ratio line, the bench's own lines, and the JSON record."""
     print(f"{'':<12}{'images/s':>10}{'GFLOP/s':>10}" + (f"{'latency ms':>12}" if r["latency_ms"] else ""))
-    for who, ips, gf, lat in (("baseline", r["baseline_images_per_sec"], r["baseline_gflops_per_sec"],
-                               r["baseline_latency_ms"]), ("resnetkit", r["images_per_sec"], r["gflops_per_sec"],
-                                                          r["latency_ms"])):  # fmt: skip
+    for who, ips, gf, lat in (
+        ("baseline", r["baseline_images_per_sec"], r["baseline_gflops_per_sec"], r["baseline_latency_ms"]),
+        ("resnetkit", r["images_per_sec"], r["gflops_per_sec"], r["latency_ms"]),
+    ):
         print(f"{who:<12}{ips:>10.1f}{gf:>10.1f}" + (f"{lat:>12.2f}" if lat else ""))
     amp = ", bf16 autocast" if (r["extra"] or {}).get("amp") else ""
     x = r["extra"] or {}
     if "p50_ms" in x:
-        print(f"batch 1: p50 {x['p50_ms']:.2f} ms, p99 {x['p99_ms']:.2f} ms (baseline p50 {x['baseline_p50_ms']:.2f} "
-              f"ms, p99 {x['baseline_p99_ms']:.2f} ms; {x['baseline_p50_ms'] / x['p50_ms']:.2f}x); {x['runtime']}, "
-              f"{x['precision']}")  # fmt: skip
-    print(f"ratio {r['ratio']:.2f}x  (compiled: {r['compiled']}{amp}, threads: {r['threads']}"
-          + (f", max |diff| {r['max_abs_diff']:.2e})" if r["max_abs_diff"] is not None else ")"))  # fmt: skip
+        print(
+            f"batch 1: p50 {x['p50_ms']:.2f} ms, p99 {x['p99_ms']:.2f} ms (baseline p50 {x['baseline_p50_ms']:.2f} "
+            f"ms, p99 {x['baseline_p99_ms']:.2f} ms; {x['baseline_p50_ms'] / x['p50_ms']:.2f}x); {x['runtime']}, "
+            f"{x['precision']}"
+        )
+    print(
+        f"ratio {r['ratio']:.2f}x  (compiled: {r['compiled']}{amp}, threads: {r['threads']}"
+        + (f", max |diff| {r['max_abs_diff']:.2e})" if r["max_abs_diff"] is not None else ")")
+    )
     if r["bench"] == "eval":
         x = r["extra"]
         print(
@@ -91,7 +117,6 @@ def run(args: argparse.Namespace) -> int:
             f"({x['warm_ratio']:.2f}x); top-1 {100 * x['baseline_top1']:.2f}% vs {100 * x['top1']:.2f}%"
         )
     print(json.dumps(r))
-    return 0
 
 
 def _bench_eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -109,12 +134,22 @@ def _bench_eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         loaded = Predictor.load(args.checkpoint)
         pre, classes = loaded.preprocessing, loaded.classes
         if pre.kind != "cifar" or pre.size != 32 or len(classes) != len(ds.classes):
-            raise DataError(f"{args.checkpoint} is not a 32x32, {len(ds.classes)}-class CIFAR model: bench eval "
-                            "runs the CIFAR-10 test set")  # fmt: skip
+            raise DataError(
+                f"{args.checkpoint} is not a 32x32, {len(ds.classes)}-class CIFAR model: bench eval "
+                "runs the CIFAR-10 test set"
+            )
         if not loaded.supports_gradients:  # an exported file: against the eager model of its architecture
             baseline, _ = baseline_for(loaded)
-            return bench_eval(ds.images, ds.labels, loaded.model, pre, model_name=args.checkpoint,
-                              batch_size=args.batch_size, baseline=baseline, deployed=True)  # fmt: skip
+            return bench_eval(
+                ds.images,
+                ds.labels,
+                loaded.model,
+                pre,
+                model_name=args.checkpoint,
+                batch_size=args.batch_size,
+                baseline=baseline,
+                deployed=True,
+            )
         model, name = loaded.model, args.checkpoint
     else:
         import torch
@@ -122,5 +157,6 @@ def _bench_eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         torch.manual_seed(0)
         model = create_model(args.model, num_classes=len(ds.classes))
         pre, name = preprocessing_for(model.default_cfg, "cifar"), args.model
-    return bench_eval(ds.images, ds.labels, model, pre, model_name=name, batch_size=args.batch_size,
-                      compile=args.compile)  # fmt: skip
+    return bench_eval(
+        ds.images, ds.labels, model, pre, model_name=name, batch_size=args.batch_size, compile=args.compile
+    )

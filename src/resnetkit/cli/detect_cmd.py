@@ -9,15 +9,28 @@ from pathlib import Path
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     for task, help_text, flag, default, what in (
-        ("detect", "find objects in images: boxes, labels, scores (masks, keypoints)", "--score", 0.5,
-         "least score of a detection that is kept"),
-        ("segment", "label every pixel of images (semantic segmentation)", "--min-share", 0.005,
-         "least share of the image a class must cover to be listed and drawn"),
-    ):  # fmt: skip
+        (
+            "detect",
+            "find objects in images: boxes, labels, scores (masks, keypoints)",
+            "--score",
+            0.5,
+            "least score of a detection that is kept",
+        ),
+        (
+            "segment",
+            "label every pixel of images (semantic segmentation)",
+            "--min-share",
+            0.005,
+            "least share of the image a class must cover to be listed and drawn",
+        ),
+    ):
         p = sub.add_parser(task, help=help_text)
-        p.add_argument("--checkpoint", required=True,
-                       help="registered weights (e.g. fasterrcnn_resnet50_fpn.tv_coco, deeplabv3_resnet50.tv_coco; "
-                            "`resnetkit models --weights '*coco*'`) or a checkpoint / run folder")  # fmt: skip
+        p.add_argument(
+            "--checkpoint",
+            required=True,
+            help="registered weights (e.g. fasterrcnn_resnet50_fpn.tv_coco, deeplabv3_resnet50.tv_coco; "
+            "`resnetkit models --weights '*coco*'`) or a checkpoint / run folder",
+        )
         p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
         p.add_argument("--out", help="folder for the PNG overlays (none without it)")
         p.add_argument(flag, dest="threshold", type=float, default=default, help=f"{what} (default {default})")
@@ -41,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     tm = load_task_model(args.checkpoint, args.task)
-    records = run_on_files(tm, args.images, out=Path(args.out) if args.out else None, threshold=args.threshold,
-                           strict=args.strict)  # fmt: skip
+    records = run_on_files(
+        tm, args.images, out=Path(args.out) if args.out else None, threshold=args.threshold, strict=args.strict
+    )
     if args.json:
         print(json.dumps(records))
     else:

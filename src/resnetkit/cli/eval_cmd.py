@@ -20,18 +20,27 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder or registered weights name")
     p.add_argument("--data", default="sample", choices=DATA_CHOICES)
     p.add_argument("--data-dir")
-    p.add_argument("--split", default="test", help="test (= val): CIFAR test set; image folders: the held-out part "
-                   "of the checkpoint's own training folder, every image of another folder of class sub-folders, "
-                   "val/ of a train/ + val/ folder | val (CIFAR: the run's --val-size split) | train | all (image "
-                   "folders: every image)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        default="test",
+        help="test (= val): CIFAR test set; image folders: the held-out part "
+        "of the checkpoint's own training folder, every image of another folder of class sub-folders, "
+        "val/ of a train/ + val/ folder | val (CIFAR: the run's --val-size split) | train | all (image "
+        "folders: every image)",
+    )
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--compile", dest="compile", action="store_true", default=None, help="default: auto")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--tta-flip", action="store_true", help="average with the mirrored image")
     p.add_argument("--download", action="store_true")
-    p.add_argument("--data-mode", default="auto", choices=DATA_MODES, help="image folders: stream reads the files "
-                   "batch by batch instead of decoding the split into memory first; auto (default) streams when the "
-                   "decoded split would exceed 4 GB")  # fmt: skip
+    p.add_argument(
+        "--data-mode",
+        default="auto",
+        choices=DATA_MODES,
+        help="image folders: stream reads the files "
+        "batch by batch instead of decoding the split into memory first; auto (default) streams when the "
+        "decoded split would exceed 4 GB",
+    )
     p.add_argument("--workers", type=int, help="decoding processes when streaming (default: one per core, up to 8)")
 
 
@@ -39,16 +48,26 @@ def run(args: argparse.Namespace) -> int:
     from resnetkit.inference import evaluate_checkpoint
 
     res = evaluate_checkpoint(
-        args.checkpoint, args.data, args.data_dir, split=args.split, batch_size=args.batch_size,
-        tta_flip=args.tta_flip, download=args.download, progress=not args.json, compile=args.compile,
-        data_mode=args.data_mode, workers=args.workers,
-    )  # fmt: skip
+        args.checkpoint,
+        args.data,
+        args.data_dir,
+        split=args.split,
+        batch_size=args.batch_size,
+        tta_flip=args.tta_flip,
+        download=args.download,
+        progress=not args.json,
+        compile=args.compile,
+        data_mode=args.data_mode,
+        workers=args.workers,
+    )
     if args.json:
         print(json.dumps(res))
         return 0
     print(f"scored {res['n']} images: {res['scored']}")
-    print(f"{res['data']} {res['split']}: top1 {100 * res['top1']:.2f}%  top5 {100 * res['top5']:.2f}%  "
-          f"loss {res['loss']:.4f}  n {res['n']}")  # fmt: skip
+    print(
+        f"{res['data']} {res['split']}: top1 {100 * res['top1']:.2f}%  top5 {100 * res['top5']:.2f}%  "
+        f"loss {res['loss']:.4f}  n {res['n']}"
+    )
     if "single_view_top1" in res:
         print(f"flip TTA: top1 {100 * res['top1']:.2f}% (the image alone: {100 * res['single_view_top1']:.2f}%)")
     print(f"macro F1 {percent(res['macro_f1'])}  ECE {percent(res['ece'])} ({res['ece_bins']} bins)")

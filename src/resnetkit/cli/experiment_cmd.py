@@ -20,8 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     d.add_argument("--device")
     d.add_argument("--threads", type=int)
     d.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other training key for every model (YAML value), e.g. --set amp=true")  # fmt: skip
+    d.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other training key for every model (YAML value), e.g. --set amp=true",
+    )
     g = kinds.add_parser("gradflow", help="per-layer gradient norms and activations, plain vs residual")
     g.add_argument("--models", nargs="+", metavar="MODEL", help="default: plain56 resnet56 plain110 resnet110")
     g.add_argument("--steps", default="0,100,500", help="training steps at which to measure (0: initialisation)")
@@ -29,8 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     g.add_argument("--lr", type=float, default=0.1)
     g.add_argument("--probe-size", type=int, default=128, help="images in the fixed batch every measurement uses")
     g.add_argument("--seed", type=int, default=0)
-    for k, default, out in ((d, "cifar10", "one run folder per model, degradation.csv and .png"),
-                            (g, "sample", "gradflow.csv and gradflow.png")):  # fmt: skip
+    for k, default, out in (
+        (d, "cifar10", "one run folder per model, degradation.csv and .png"),
+        (g, "sample", "gradflow.csv and gradflow.png"),
+    ):
         k.add_argument("--data", default=default, choices=DATA_CHOICES)
         k.add_argument("--data-dir")
         k.add_argument("--download", action="store_true", default=None)
@@ -47,9 +54,18 @@ def _degradation(args: argparse.Namespace) -> int:
     from resnetkit.engine.device import default_amp, resolve_device
     from resnetkit.experiments import DEFAULT_MODELS, degradation_configs, findings, run_degradation, write_degradation
 
-    options = dict(epochs=args.epochs, train_subset=args.train_subset, test_subset=args.test_subset, data=args.data,
-                   data_dir=args.data_dir, download=args.download, seed=args.seed, device=args.device,
-                   threads=args.threads, progress=args.progress)  # fmt: skip
+    options = dict(
+        epochs=args.epochs,
+        train_subset=args.train_subset,
+        test_subset=args.test_subset,
+        data=args.data,
+        data_dir=args.data_dir,
+        download=args.download,
+        seed=args.seed,
+        device=args.device,
+        threads=args.threads,
+        progress=args.progress,
+    )
     pairs = parse_set_pairs(args.set)
     for key, flag in (("model", "--models"), ("out", "--out"), ("full", "--full")):
         if key in pairs:
@@ -68,8 +84,10 @@ def _degradation(args: argparse.Namespace) -> int:
         kind = "plain" if f["plain"] else "residual"
         (tr_s, tr_d), (te_s, te_d) = f["train_error"], f["test_error"]
         verdict = "deeper trains worse" if f["deeper_trains_worse"] else "deeper trains better"
-        print(f"{kind}: {f['shallow']} train {tr_s:.2f}% test {te_s:.2f}% | {f['deep']} train {tr_d:.2f}% "
-              f"test {te_d:.2f}%  ({verdict})")  # fmt: skip
+        print(
+            f"{kind}: {f['shallow']} train {tr_s:.2f}% test {te_s:.2f}% | {f['deep']} train {tr_d:.2f}% "
+            f"test {te_d:.2f}%  ({verdict})"
+        )
     print(f"figure: {png}   data: {csv_path}")
     return 0
 
@@ -85,13 +103,21 @@ def _gradflow(args: argparse.Namespace) -> int:
     if not steps or min(steps) < 0:
         raise ConfigError(f"--steps expects step numbers >= 0, got {args.steps!r}")
     snapshots = run_gradflow(
-        args.models or DEFAULT_MODELS, data=args.data, data_dir=args.data_dir, record_at=steps,
-        batch_size=args.batch_size, lr=args.lr, probe_size=args.probe_size, seed=args.seed,
+        args.models or DEFAULT_MODELS,
+        data=args.data,
+        data_dir=args.data_dir,
+        record_at=steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        probe_size=args.probe_size,
+        seed=args.seed,
         download=bool(args.download),
-    )  # fmt: skip
+    )
     csv_path, png = write_gradflow(snapshots, args.out)
     for s in snapshots:
-        print(f"{s.model:<10} step {s.step:>5}: loss {s.loss:.3f}  |grad| first layer {s.grad_norms[0]:.3g}, "
-              f"classifier {s.grad_norms[-1]:.3g} (ratio {first_to_last_ratio(s):.3g})")  # fmt: skip
+        print(
+            f"{s.model:<10} step {s.step:>5}: loss {s.loss:.3f}  |grad| first layer {s.grad_norms[0]:.3g}, "
+            f"classifier {s.grad_norms[-1]:.3g} (ratio {first_to_last_ratio(s):.3g})"
+        )
     print(f"figure: {png}   data: {csv_path}")
     return 0

@@ -29,9 +29,16 @@ def run(args: argparse.Namespace) -> int:
 
     model, pre, classes = load_for_inference(args.checkpoint, exported_ok=False)  # Grad-CAM needs gradients
     records = explain_files(
-        model, pre, classes, args.images, args.out, layer=args.layer, methods=METHOD_CHOICES[args.method],
-        target_class=args.target_class, strict=args.strict,
-    )  # fmt: skip
+        model,
+        pre,
+        classes,
+        args.images,
+        args.out,
+        layer=args.layer,
+        methods=METHOD_CHOICES[args.method],
+        target_class=args.target_class,
+        strict=args.strict,
+    )
     if args.json:
         print(json.dumps(records))
     else:

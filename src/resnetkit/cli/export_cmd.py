@@ -26,11 +26,21 @@ def run(args: argparse.Namespace) -> int:
     from resnetkit.deploy import export_checkpoint
 
     meta = export_checkpoint(
-        args.checkpoint, args.format, args.out, model=args.model, int8=args.int8, data=args.data,
-        data_dir=args.data_dir, calib_size=args.calib_size, seed=args.seed, download=args.download,
-    )  # fmt: skip
+        args.checkpoint,
+        args.format,
+        args.out,
+        model=args.model,
+        int8=args.int8,
+        data=args.data,
+        data_dir=args.data_dir,
+        calib_size=args.calib_size,
+        seed=args.seed,
+        download=args.download,
+    )
     size = Path(args.out).stat().st_size / 1e6
     calib = f", calibrated on {meta.calibration['images']} images" if meta.calibration else ""
-    print(f"wrote {args.out}: {meta.format} {meta.precision}, {meta.architecture}, {len(meta.classes)} classes, "
-          f"{size:.2f} MB{calib}")  # fmt: skip
+    print(
+        f"wrote {args.out}: {meta.format} {meta.precision}, {meta.architecture}, {len(meta.classes)} classes, "
+        f"{size:.2f} MB{calib}"
+    )
     return 0

@@ -9,17 +9,30 @@ from resnetkit.config import FINETUNE_STRATEGIES
 
 # A fine-tuning run's defaults (any of them can be overridden by --config or flags).
 DEFAULTS = {
-    "data": "folder", "finetune": "full", "backbone_lr_mult": 0.1, "lr": 0.01, "epochs": 10, "batch_size": 64,
-    "nesterov": True, "weight_decay": 5e-4, "schedule": "cosine", "label_smoothing": 0.1,
-}  # fmt: skip
+    "data": "folder",
+    "finetune": "full",
+    "backbone_lr_mult": 0.1,
+    "lr": 0.01,
+    "epochs": 10,
+    "batch_size": 64,
+    "nesterov": True,
+    "weight_decay": 5e-4,
+    "schedule": "cosine",
+    "label_smoothing": 0.1,
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("finetune", help="fine-tune pretrained weights on your own image folder")
     train_cmd.add_run_arguments(p)
     p.add_argument("--weights", dest="weights", required=True, help="registered name, file or URL")
-    p.add_argument("--strategy", dest="finetune", choices=FINETUNE_STRATEGIES, default=None,
-                   help="full (lower backbone lr), linear (frozen backbone), last (last N stages)")  # fmt: skip
+    p.add_argument(
+        "--strategy",
+        dest="finetune",
+        choices=FINETUNE_STRATEGIES,
+        default=None,
+        help="full (lower backbone lr), linear (frozen backbone), last (last N stages)",
+    )
     p.add_argument("--stages", dest="trainable_stages", type=int, default=None, help="N for --strategy last")
     p.add_argument("--backbone-lr-mult", dest="backbone_lr_mult", type=float, default=None)
     p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None)

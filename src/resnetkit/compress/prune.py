@@ -50,8 +50,9 @@ class PruneResult:
     def to_dict(self) -> dict[str, Any]:
         keys = ("macs_before", "macs_after", "params_before", "params_after", "method", "target")
         return {k: getattr(self, k) for k in keys} | {
-            "macs_ratio": self.macs_ratio, "inner_widths": inner_widths(self.model),
-        }  # fmt: skip
+            "macs_ratio": self.macs_ratio,
+            "inner_widths": inner_widths(self.model),
+        }
 
 
 def blocks_by_stage(model: nn.Module) -> list[list[ResidualBlock]]:
@@ -95,8 +96,9 @@ def prune_to_macs(
             drop = importance(whole).argsort()[: conv.out_channels - keep].tolist()
             graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=sorted(drop)).prune()
     pruned = _rebuilt(model, work)
-    return PruneResult(pruned, macs_before, count_macs(pruned, size), params_before, count_parameters(pruned),
-                       method, target)  # fmt: skip
+    return PruneResult(
+        pruned, macs_before, count_macs(pruned, size), params_before, count_parameters(pruned), method, target
+    )
 
 
 def _all_inner_convs(model: nn.Module) -> list[nn.Conv2d]:

@@ -76,11 +76,14 @@ def read_coco(json_path: Path, image_root: Path, classes: list[str] | None = Non
             per_image[ann["image_id"]].append((box, label_of[ann["category_id"]]))
     ids = sorted(images)
     return CocoSet(
-        classes=["__background__", *names.values()], files=[images[i][0] for i in ids], image_ids=ids,
+        classes=["__background__", *names.values()],
+        files=[images[i][0] for i in ids],
+        image_ids=ids,
         boxes=[torch.tensor([b for b, _ in per_image[i]], dtype=torch.float32).reshape(-1, 4) for i in ids],
         labels=[torch.tensor([c for _, c in per_image[i]], dtype=torch.int64) for i in ids],
-        sizes=[images[i][1:] for i in ids], source=str(json_path),
-    )  # fmt: skip
+        sizes=[images[i][1:] for i in ids],
+        source=str(json_path),
+    )
 
 
 def _load_json(path: Path) -> dict[str, Any]:

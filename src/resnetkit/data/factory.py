@@ -49,8 +49,9 @@ def preprocessing_from_config(cfg: TrainConfig, model_cfg: DataConfig) -> Prepro
     kind = cfg.augment
     if kind == "auto":
         kind = "imagenet" if cfg.data == "folder" else "cifar"
-    pre = preprocessing_for(model_cfg, kind, cfg.img_size, rrc_scale=tuple(cfg.rrc_scale), cutout=cfg.cutout,
-                            train_size=cfg.train_img_size)  # fmt: skip
+    pre = preprocessing_for(
+        model_cfg, kind, cfg.img_size, rrc_scale=tuple(cfg.rrc_scale), cutout=cfg.cutout, train_size=cfg.train_img_size
+    )
     if cfg.eval_resize:
         if cfg.eval_resize < pre.size:
             raise ConfigError(f"eval_resize {cfg.eval_resize} is smaller than the {pre.size}-pixel evaluation crop")
@@ -59,9 +60,18 @@ def preprocessing_from_config(cfg: TrainConfig, model_cfg: DataConfig) -> Prepro
 
 
 def load_eval_split(
-    data: str, data_dir: str | None, split: str, preprocessing: Preprocessing, *, download: bool = False,
-    progress: bool = True, strict: bool = False, val_fraction: float = 0.1, seed: int = 0, trained_on: bool = True,
-) -> ImageTensorDataset:  # fmt: skip
+    data: str,
+    data_dir: str | None,
+    split: str,
+    preprocessing: Preprocessing,
+    *,
+    download: bool = False,
+    progress: bool = True,
+    strict: bool = False,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    trained_on: bool = True,
+) -> ImageTensorDataset:
     """One split stored at the preprocessing's storage size: CIFAR "train" or "test" ("val" is "test"); image
     folders "train", "val" (= "test") or "all", chosen as in `folder.load_image_folder_split`, where `trained_on`
     says whether the model to evaluate was trained on `data_dir` (then its seeded held-out split is kept out)."""
@@ -70,9 +80,16 @@ def load_eval_split(
         from resnetkit.data.folder import load_image_folder_split
 
         return load_image_folder_split(
-            _folder_dir(data_dir), split, size=size, trained_on=trained_on, val_fraction=val_fraction, seed=seed,
-            strict=strict, cache_dir=cache_dir() / "cache", progress=progress,
-        )  # fmt: skip
+            _folder_dir(data_dir),
+            split,
+            size=size,
+            trained_on=trained_on,
+            val_fraction=val_fraction,
+            seed=seed,
+            strict=strict,
+            cache_dir=cache_dir() / "cache",
+            progress=progress,
+        )
     if split == "all":
         raise DataError(f"split 'all' (every image) is for image folders; {data} has the splits train and test")
     from resnetkit.data.cifar import load_cifar, load_sample
@@ -107,14 +124,16 @@ def describe_split(info: dict[str, Any]) -> str:
 def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
     """Train and held-out sets for `cfg`, with the optional validation split and training subset."""
     pre = preprocessing_from_config(cfg, model_cfg)
-    opts = dict(download=cfg.download, progress=cfg.progress, strict=cfg.strict, val_fraction=cfg.val_fraction,
-                seed=cfg.seed)  # fmt: skip
+    opts = dict(
+        download=cfg.download, progress=cfg.progress, strict=cfg.strict, val_fraction=cfg.val_fraction, seed=cfg.seed
+    )
     if cfg.data == "folder" and streams(cfg, pre):
         from resnetkit.data.stream import stream_image_folder, transforms_for
 
         train_tf, eval_tf = transforms_for(pre, cfg.augment_policy, cfg.random_erasing)
-        train, test = stream_image_folder(_folder_dir(cfg.data_dir), train_tf, eval_tf, val_fraction=cfg.val_fraction,
-                                          seed=cfg.seed)  # fmt: skip
+        train, test = stream_image_folder(
+            _folder_dir(cfg.data_dir), train_tf, eval_tf, val_fraction=cfg.val_fraction, seed=cfg.seed
+        )
     elif cfg.data == "folder":
         train, test = _load_folder(cfg.data_dir, pre.storage_size, cfg.val_fraction, cfg.seed, cfg.strict, cfg.progress)
     else:
@@ -143,8 +162,15 @@ def streams(cfg: TrainConfig, pre: Preprocessing) -> bool:
     return folder_streams(cfg.data, cfg.data_dir, cfg.data_mode, pre, cfg.memory_budget_gb, per_image=per_image)
 
 
-def folder_streams(data: str, data_dir: str | None, data_mode: str, pre: Preprocessing, budget_gb: float = 4.0, *,
-                   per_image: bool = False) -> bool:  # fmt: skip
+def folder_streams(
+    data: str,
+    data_dir: str | None,
+    data_mode: str,
+    pre: Preprocessing,
+    budget_gb: float = 4.0,
+    *,
+    per_image: bool = False,
+) -> bool:
     """Whether training or evaluation reads an image folder from disk rather than decoding it into memory first:
     asked for (`stream`, or `per_image` augmentation), or (`auto`) the decoded images (uint8, 3 x storage size^2
     bytes each) would need more than `budget_gb`. Only image folders with ImageNet-style preprocessing stream."""
@@ -184,9 +210,14 @@ def _load_folder(
 
     cache = cache_dir() / "cache"
     return load_image_folder(
-        _folder_dir(data_dir), size=size, val_fraction=val_fraction, seed=seed, strict=strict, cache_dir=cache,
+        _folder_dir(data_dir),
+        size=size,
+        val_fraction=val_fraction,
+        seed=seed,
+        strict=strict,
+        cache_dir=cache,
         progress=progress,
-    )  # fmt: skip
+    )
 
 
 def _folder_dir(data_dir: str | None) -> str:

@@ -72,8 +72,12 @@ class StreamTransform:
             return self._eval_view
         from torchvision.transforms import v2  # torchvision's import costs ~1.4 s: only the paths that use it pay
 
-        extra: list[Any] = {"none": [], "trivial": [v2.TrivialAugmentWide()], "rand": [v2.RandAugment()],
-                            "auto": [v2.AutoAugment()]}[self.policy]  # fmt: skip
+        extra: list[Any] = {
+            "none": [],
+            "trivial": [v2.TrivialAugmentWide()],
+            "rand": [v2.RandAugment()],
+            "auto": [v2.AutoAugment()],
+        }[self.policy]
         if self.erasing:
             extra.append(v2.RandomErasing(self.erasing, value=0))
         policy = v2.Compose(extra) if extra else None
@@ -92,8 +96,9 @@ class StreamTransform:
         """The short side resized to `resize`, then the center `size` square."""
         h, w = photo.shape[-2:]
         short = min(h, w)
-        resized = _resized(photo, (max(self.resize, round(h * self.resize / short)),
-                                   max(self.resize, round(w * self.resize / short))))  # fmt: skip
+        resized = _resized(
+            photo, (max(self.resize, round(h * self.resize / short)), max(self.resize, round(w * self.resize / short)))
+        )
         top, left = (resized.shape[-2] - self.size) // 2, (resized.shape[-1] - self.size) // 2
         return resized[:, top : top + self.size, left : left + self.size]
 
@@ -143,8 +148,9 @@ class StreamingFolder(Dataset):
     """(file, label) samples of a scanned image folder, decoded on demand. Items are asked for as
     (index, seed): the seed fixes the image's augmentation in whichever process decodes it."""
 
-    def __init__(self, samples: Sequence[tuple[Path, int]], classes: list[str], info: dict[str, Any],
-                 transform: StreamTransform) -> None:  # fmt: skip
+    def __init__(
+        self, samples: Sequence[tuple[Path, int]], classes: list[str], info: dict[str, Any], transform: StreamTransform
+    ) -> None:
         self.samples = [(str(p), int(label)) for p, label in samples]
         self.classes, self.info, self.transform = list(classes), dict(info), transform
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.int64)
@@ -218,8 +224,15 @@ class StreamLoader(BatchLoader):
     process). Unreadable files are left out of their batch with a warning (an error with `strict`); a worker that
     dies or stalls is one clear DataError, not a hang."""
 
-    def __init__(self, dataset: StreamingFolder, preprocessing: Preprocessing, *, workers: int = 2,
-                 strict: bool = False, **kwargs: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        dataset: StreamingFolder,
+        preprocessing: Preprocessing,
+        *,
+        workers: int = 2,
+        strict: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(dataset, preprocessing, **kwargs)  # type: ignore[arg-type]
         self.workers, self.strict = workers, strict
         self._warned: set[str] = set()
@@ -233,9 +246,13 @@ class StreamLoader(BatchLoader):
         if self.workers:
             release_free_memory()  # the workers are forked when the loop starts: not with the kept free heap
         loader = DataLoader(
-            self.dataset, batch_sampler=_Batches(self, epoch, start), num_workers=self.workers, collate_fn=collate,
-            pin_memory=self.device.type == "cuda", timeout=WORKER_TIMEOUT_S if self.workers else 0,
-        )  # fmt: skip
+            self.dataset,
+            batch_sampler=_Batches(self, epoch, start),
+            num_workers=self.workers,
+            collate_fn=collate,
+            pin_memory=self.device.type == "cuda",
+            timeout=WORKER_TIMEOUT_S if self.workers else 0,
+        )
         layout = torch.channels_last if self.train else self.memory_format
         for images, labels, failed in _surfaced(loader):
             self._report(failed)
@@ -282,8 +299,7 @@ def _surfaced(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor, 
         ) from None
 
 
-def loader_for(dataset: Any, preprocessing: Preprocessing, *, workers: int, strict: bool,
-               **kwargs: Any) -> BatchLoader:  # fmt: skip
+def loader_for(dataset: Any, preprocessing: Preprocessing, *, workers: int, strict: bool, **kwargs: Any) -> BatchLoader:
     """The loader for `dataset`: streamed from disk for a StreamingFolder, batched in memory otherwise."""
     if isinstance(dataset, StreamingFolder):
         return StreamLoader(dataset, preprocessing, workers=workers, strict=strict, **kwargs)
@@ -291,9 +307,13 @@ def loader_for(dataset: Any, preprocessing: Preprocessing, *, workers: int, stri
 
 
 def stream_image_folder(
-    data_dir: str | Path, train: StreamTransform, evaluate: StreamTransform, *, val_fraction: float = 0.1,
+    data_dir: str | Path,
+    train: StreamTransform,
+    evaluate: StreamTransform,
+    *,
+    val_fraction: float = 0.1,
     seed: int = 0,
-) -> tuple[StreamingFolder, StreamingFolder]:  # fmt: skip
+) -> tuple[StreamingFolder, StreamingFolder]:
     """(train, held-out) of an image folder, as `folder.load_image_folder` splits it (train/ + val/, or a seeded
     stratified `val_fraction` of class folders), nothing decoded yet. Files are only scanned here: an unreadable
     one is found when its batch is read (and, unlike in memory mode, still counts in the held-out draw)."""
@@ -314,9 +334,14 @@ def stream_image_folder(
 
 
 def stream_folder_split(
-    data_dir: str | Path, split: str, evaluate: StreamTransform, *, trained_on: bool = True, val_fraction: float = 0.1,
+    data_dir: str | Path,
+    split: str,
+    evaluate: StreamTransform,
+    *,
+    trained_on: bool = True,
+    val_fraction: float = 0.1,
     seed: int = 0,
-) -> StreamingFolder:  # fmt: skip
+) -> StreamingFolder:
     """`folder.load_image_folder_split`'s part of an image folder (the same choice of images, the same `info`
     keys, with `files` relative to the folder), streamed: nothing is decoded until it is evaluated."""
     if split not in FOLDER_SPLITS:
@@ -334,8 +359,13 @@ def stream_folder_split(
         scans = [_scan(train_dir), _scan(val_dir)]
         _check_same_classes(*scans)
         parts = [_streamed(root, s, name, evaluate) for s, name in zip(scans, ("train", "val"), strict=True)]
-        info = {**parts[0].info, "split": "all", "folder": ".", "parts": [p.info["folder"] for p in parts],
-                "not_images": parts[0].info["not_images"] + parts[1].info["not_images"]}  # fmt: skip
+        info = {
+            **parts[0].info,
+            "split": "all",
+            "folder": ".",
+            "parts": [p.info["folder"] for p in parts],
+            "not_images": parts[0].info["not_images"] + parts[1].info["not_images"],
+        }
         part = StreamingFolder([(Path(p), y) for q in parts for p, y in q.samples], parts[0].classes, info, evaluate)
     else:
         chosen = (train_dir, "train") if split == "train" else (val_dir, "val")
@@ -346,8 +376,13 @@ def stream_folder_split(
 
 def _streamed(root: Path, scan: Any, split: str, transform: StreamTransform) -> StreamingFolder:
     prefix = scan.root.relative_to(root).as_posix()
-    info = {"source": str(root.resolve()), "split": split, "folder": prefix, "streamed": True,
-            "not_images": [f.relative_to(root).as_posix() for f in scan.not_images]}  # fmt: skip
+    info = {
+        "source": str(root.resolve()),
+        "split": split,
+        "folder": prefix,
+        "streamed": True,
+        "not_images": [f.relative_to(root).as_posix() for f in scan.not_images],
+    }
     if scan.not_images:
         log.warning("%s: ignored %d file(s) that are not images", root, len(scan.not_images))
     return StreamingFolder(scan.samples, scan.classes, info, transform)

@@ -20,9 +20,17 @@ def fold_conv_bn(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     """A convolution computing conv followed by (eval-mode) BatchNorm: w' = w * g / s, b' = (b - m) * g / s + beta."""
     scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     fused = nn.Conv2d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-        conv.groups, bias=True, device=conv.weight.device, dtype=conv.weight.dtype,
-    )  # fmt: skip
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        conv.stride,
+        conv.padding,
+        conv.dilation,
+        conv.groups,
+        bias=True,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
     with torch.no_grad():
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)

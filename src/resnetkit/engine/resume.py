@@ -13,8 +13,15 @@ log = logging.getLogger(__name__)
 
 # Flags a resumed run may change; everything else must stay as the checkpoint recorded it.
 RESUME_OVERRIDABLE = {
-    "epochs", "max_steps", "progress", "device", "threads", "checkpoint_every", "early_stopping", "dist_timeout",
-}  # fmt: skip
+    "epochs",
+    "max_steps",
+    "progress",
+    "device",
+    "threads",
+    "checkpoint_every",
+    "early_stopping",
+    "dist_timeout",
+}
 
 
 def resumed_config(ckpt: dict[str, Any], overrides: dict[str, Any]) -> TrainConfig:

@@ -99,10 +99,16 @@ class Trainer:
     inject faults: a SIGINT, a lost worker); `distill` adds a teacher's soft targets to every step's loss."""
 
     def __init__(
-        self, cfg: TrainConfig, data: TrainingData, model: nn.Module, device: torch.device, folder: RunFolder,
-        env: distributed.DistEnv | None = None, callbacks: Sequence[StepCallback] = (),
+        self,
+        cfg: TrainConfig,
+        data: TrainingData,
+        model: nn.Module,
+        device: torch.device,
+        folder: RunFolder,
+        env: distributed.DistEnv | None = None,
+        callbacks: Sequence[StepCallback] = (),
         distill: Distillation | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.cfg, self.data, self.model, self.device, self.folder = cfg, data, model, device, folder
         self.env, self.callbacks, self.distill = env or distributed.DistEnv(), list(callbacks), distill
         self._make_loaders()
@@ -150,12 +156,23 @@ class Trainer:
         if not self.env.is_main:
             return path
         return save_checkpoint(
-            path, self.model, classes=self.data.classes, preprocessing=self.data.preprocessing.to_dict(),
-            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(), epoch=s.epoch, batch=s.batch, step=s.step, history=s.history,
-            best=s.best, stale=s.stale, partial=s.partial, config=self.cfg.to_dict(),
+            path,
+            self.model,
+            classes=self.data.classes,
+            preprocessing=self.data.preprocessing.to_dict(),
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            epoch=s.epoch,
+            batch=s.batch,
+            step=s.step,
+            history=s.history,
+            best=s.best,
+            stale=s.stale,
+            partial=s.partial,
+            config=self.cfg.to_dict(),
             ema=self.ema.state_dict() if self.ema else None,
-        )  # fmt: skip
+        )
 
     def _kept(self) -> str:
         last = self.folder.checkpoint("last.pt")
@@ -234,9 +251,18 @@ class Trainer:
         torch.manual_seed(mix_seed(cfg.seed, self.env.rank, s.step, STEP_RNG_STREAM))
         gen = torch.Generator().manual_seed(mix_seed(cfg.seed, s.epoch, s.batch, 7)) if self.mixing else None
         loss, hits = train_step(
-            self.forward_model, x, y, self.optimizer, label_smoothing=cfg.label_smoothing, mixing=self.mixing,
-            gen=gen, grad_clip=cfg.grad_clip, amp_dtype=self.amp_dtype, scaler=self.scaler, distill=self.distill,
-        )  # fmt: skip
+            self.forward_model,
+            x,
+            y,
+            self.optimizer,
+            label_smoothing=cfg.label_smoothing,
+            mixing=self.mixing,
+            gen=gen,
+            grad_clip=cfg.grad_clip,
+            amp_dtype=self.amp_dtype,
+            scaler=self.scaler,
+            distill=self.distill,
+        )
         self.scheduler.step()
         sums.loss += loss * y.shape[0]
         sums.correct += hits
@@ -351,8 +377,9 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.nesterov)
 
 
-def _waited_for(batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-                sums: _EpochSums) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+def _waited_for(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], sums: _EpochSums
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """`batches`, adding the time spent waiting for each one to `sums.data_wait`."""
     it = iter(batches)
     while True:

@@ -163,13 +163,15 @@ def findings(curves: Sequence[Curve]) -> list[dict[str, Any]]:
         if len(group) < 2:
             continue
         shallow, deep = group[0], group[-1]
-        result.append({
-            "plain": plain,
-            "shallow": shallow.model,
-            "deep": deep.model,
-            "train_error": (shallow.train_error[-1], deep.train_error[-1]),
-            "test_error": (shallow.test_error[-1], deep.test_error[-1]),
-            "deeper_trains_worse": deep.train_error[-1] > shallow.train_error[-1],
-            "deeper_tests_worse": deep.test_error[-1] > shallow.test_error[-1],
-        })  # fmt: skip
+        result.append(
+            {
+                "plain": plain,
+                "shallow": shallow.model,
+                "deep": deep.model,
+                "train_error": (shallow.train_error[-1], deep.train_error[-1]),
+                "test_error": (shallow.test_error[-1], deep.test_error[-1]),
+                "deeper_trains_worse": deep.train_error[-1] > shallow.train_error[-1],
+                "deeper_tests_worse": deep.test_error[-1] > shallow.test_error[-1],
+            }
+        )
     return result

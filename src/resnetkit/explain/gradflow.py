@@ -184,8 +184,12 @@ def write_gradflow(snapshots: Sequence[FlowSnapshot], out: str | Path) -> tuple[
         writer = csv.writer(f)
         writer.writerow(["model", "plain", "step", "loss", "quantity", "index", "name", "value"])
         for s in snapshots:
-            for quantity, names in (("grad_norm", s.layers), ("weight_norm", s.layers), ("act_mean", s.units),
-                                    ("act_std", s.units)):  # fmt: skip
+            for quantity, names in (
+                ("grad_norm", s.layers),
+                ("weight_norm", s.layers),
+                ("act_mean", s.units),
+                ("act_std", s.units),
+            ):
                 values = getattr(s, quantity + "s" if quantity.endswith("norm") else quantity)
                 for i, (name, value) in enumerate(zip(names, values, strict=True)):
                     writer.writerow([s.model, int(s.plain), s.step, f"{s.loss:.6g}", quantity, i, name, f"{value:.6g}"])

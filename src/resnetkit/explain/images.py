@@ -98,9 +98,11 @@ def explain_files(
             for i, n in enumerate(index):
                 records[n] = _record(files[n], out / names[n], results, i, classes)
                 plot_cam_overlays(
-                    center_crop(chunk[i], pre.size), {m: r.maps[i] for m, r in results.items()},
-                    _title(records[n]), out / names[n],
-                )  # fmt: skip
+                    center_crop(chunk[i], pre.size),
+                    {m: r.maps[i] for m, r in results.items()},
+                    _title(records[n]),
+                    out / names[n],
+                )
     return [records[n] for n in range(len(files))]
 
 

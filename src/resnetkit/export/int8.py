@@ -49,16 +49,25 @@ def quantize_onnx(fp32_proto: Any, batches: Iterable[np.ndarray]) -> tuple[Any, 
         reader = _Reader(iter(batches))
         with contextlib.redirect_stdout(io.StringIO()):  # ORT prints its histogram settings
             quant.quantize_static(
-                str(pre), str(int8), reader, quant_format=quant.QuantFormat.QDQ, per_channel=True,
-                activation_type=quant.QuantType.QUInt8, weight_type=quant.QuantType.QInt8, reduce_range=reduce_range,
+                str(pre),
+                str(int8),
+                reader,
+                quant_format=quant.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=quant.QuantType.QUInt8,
+                weight_type=quant.QuantType.QInt8,
+                reduce_range=reduce_range,
                 calibrate_method=quant.CalibrationMethod.Percentile,
                 extra_options={"CalibPercentile": PERCENTILE, "CalibStridedMinMax": 1},  # one batch at a time
-            )  # fmt: skip
+            )
         proto = onnx.load(str(int8))
     record = {
-        "method": f"percentile {PERCENTILE}", "images": reader.images, "format": "QDQ", "activations": "uint8",
+        "method": f"percentile {PERCENTILE}",
+        "images": reader.images,
+        "format": "QDQ",
+        "activations": "uint8",
         "weights": "int8 per channel" + (", 7-bit (reduce_range: no VNNI)" if reduce_range else ""),
-    }  # fmt: skip
+    }
     return proto, record
 
 

@@ -29,9 +29,16 @@ def onnx_proto(model: nn.Module, input_shape: tuple[int, int, int], meta: Export
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notes are not the user's business
         program = torch.onnx.export(
-            model.eval(), (example,), dynamo=True, optimize=True, verbose=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
-        )  # fmt: skip
+            model.eval(),
+            (example,),
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+        )
     proto = program.model_proto
     left = sorted({n.op_type for n in proto.graph.node} & {"BatchNormalization"})
     if left:  # the optimizer folds eval-mode BatchNorm after a convolution; a model where it cannot is unusual

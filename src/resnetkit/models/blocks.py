@@ -33,8 +33,9 @@ class BlockOptions:
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1, groups: int = 1, dilation: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=dilation, groups=groups, dilation=dilation,
-                     bias=False)  # fmt: skip
+    return nn.Conv2d(
+        in_planes, out_planes, 3, stride=stride, padding=dilation, groups=groups, dilation=dilation, bias=False
+    )
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -94,9 +95,15 @@ class BasicBlock(ResidualBlock):
     """Two 3x3 convolutions (ResNet-18/34 and the paper's CIFAR networks)."""
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
-    ) -> None:  # fmt: skip
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        opts: BlockOptions,
+        drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+        dilation: tuple[int, int] = (1, 1),
+    ) -> None:
         super().__init__()
         if opts.groups != 1 or opts.base_width != 64:
             raise ValueError("BasicBlock supports only groups=1 and base_width=64")
@@ -127,9 +134,15 @@ class Bottleneck(ResidualBlock):
     inner_convs = 2
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
-    ) -> None:  # fmt: skip
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        opts: BlockOptions,
+        drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+        dilation: tuple[int, int] = (1, 1),
+    ) -> None:
         super().__init__()
         width = int(planes * (opts.base_width / 64.0)) * opts.groups
         w1, w2 = inner_widths_of(inner, width, 2, opts.groups)
@@ -162,9 +175,15 @@ class PreActBasicBlock(ResidualBlock):
     preact = True
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
-    ) -> None:  # fmt: skip
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        opts: BlockOptions,
+        drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+        dilation: tuple[int, int] = (1, 1),
+    ) -> None:
         super().__init__()
         if opts.groups != 1 or opts.base_width != 64:
             raise ValueError("PreActBasicBlock supports only groups=1 and base_width=64")
@@ -193,9 +212,15 @@ class PreActBottleneck(ResidualBlock):
     inner_convs = 2
 
     def __init__(
-        self, in_planes: int, planes: int, stride: int, opts: BlockOptions, drop_path: float = 0.0,
-        inner: Sequence[int] | None = None, dilation: tuple[int, int] = (1, 1),
-    ) -> None:  # fmt: skip
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        opts: BlockOptions,
+        drop_path: float = 0.0,
+        inner: Sequence[int] | None = None,
+        dilation: tuple[int, int] = (1, 1),
+    ) -> None:
         super().__init__()
         width = int(planes * (opts.base_width / 64.0)) * opts.groups
         w1, w2 = inner_widths_of(inner, width, 2, opts.groups)

@@ -112,8 +112,9 @@ class ResNet(nn.Module):
             blocks = []
             for i in range(depth):
                 first = (before, dilation) if i == 0 else (dilation, dilation)
-                blocks.append(block(in_planes, width, stride if i == 0 else 1, opts, rates[index], inner[stage][i],
-                                    first))  # fmt: skip
+                blocks.append(
+                    block(in_planes, width, stride if i == 0 else 1, opts, rates[index], inner[stage][i], first)
+                )
                 in_planes, index = width * block.expansion, index + 1
             name = f"layer{stage + 1}"
             group: tuple[str, ...] = (name,)

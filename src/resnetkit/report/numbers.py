@@ -84,8 +84,16 @@ def group_numbers(preds: Predictions, groups: GroupAssignment, n_bins: int = ECE
         members = groups.index == k
         acc = float(accuracy[k])
         ece = reliability(confidence[members], correct[members], n_bins).ece
-        rows.append({"group": name, "n": int(counts[k]), "accuracy": acc, "error_rate": 1 - acc,
-                     "gap": acc - overall, "ece": ece})  # fmt: skip
+        rows.append(
+            {
+                "group": name,
+                "n": int(counts[k]),
+                "accuracy": acc,
+                "error_rate": 1 - acc,
+                "gap": acc - overall,
+                "ece": ece,
+            }
+        )
     errors = [r["error_rate"] for r in rows]
     ratio = max(errors) / min(errors) if min(errors) > 0 else (None if max(errors) > 0 else 1.0)
     return {
@@ -104,10 +112,15 @@ def confident_mistakes(preds: Predictions, k: int = 16) -> list[dict[str, Any]]:
     wrong = torch.nonzero(~preds.correct).flatten()
     order = wrong[confidence[wrong].argsort(descending=True)][:k]
     return [
-        {"position": int(i), "id": preds.ids[i], "true": preds.classes[int(preds.labels[i])],
-         "pred": preds.classes[int(pred[i])], "prob": float(confidence[i])}
+        {
+            "position": int(i),
+            "id": preds.ids[i],
+            "true": preds.classes[int(preds.labels[i])],
+            "pred": preds.classes[int(pred[i])],
+            "prob": float(confidence[i]),
+        }
         for i in order.tolist()
-    ]  # fmt: skip
+    ]
 
 
 def report_numbers(

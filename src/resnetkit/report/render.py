@@ -90,8 +90,9 @@ def write_report(
 def _figures(
     preds: Predictions, numbers: dict[str, Any], out: Path, cal: Calibration | None, n_bins: int
 ) -> dict[str, Path]:
-    figures = {"confusion": plot_confusion(torch.tensor(numbers["confusion_matrix"]), preds.classes,
-                                           out / "confusion.png")}  # fmt: skip
+    figures = {
+        "confusion": plot_confusion(torch.tensor(numbers["confusion_matrix"]), preds.classes, out / "confusion.png")
+    }
     if cal is None:
         curves = {"model": reliability(preds.probs().max(dim=1).values, preds.correct, n_bins)}
     else:
@@ -125,9 +126,15 @@ Section = tuple[str, str, list[str], list[list[str]], str | None]  # heading, te
 
 def _summary(n: dict[str, Any]) -> Section:
     text = f"{n['n']} images of {len(n['classes'])} classes ({n.get('data', '')} {n.get('split', '')})."
-    rows = [["top-1 accuracy", _pct(n["top1"])], ["top-5 accuracy", _pct(n["top5"])], ["loss", f"{n['loss']:.4f}"],
-            ["macro precision", _pct(n["macro_precision"])], ["macro recall", _pct(n["macro_recall"])],
-            ["macro F1", _pct(n["macro_f1"])], [f"ECE ({n['ece_bins']} bins)", _pct(n["ece"])]]  # fmt: skip
+    rows = [
+        ["top-1 accuracy", _pct(n["top1"])],
+        ["top-5 accuracy", _pct(n["top5"])],
+        ["loss", f"{n['loss']:.4f}"],
+        ["macro precision", _pct(n["macro_precision"])],
+        ["macro recall", _pct(n["macro_recall"])],
+        ["macro F1", _pct(n["macro_f1"])],
+        [f"ECE ({n['ece_bins']} bins)", _pct(n["ece"])],
+    ]
     return "Summary", text, ["metric", "value"], rows, None
 
 
@@ -149,8 +156,10 @@ def _calibration(n: dict[str, Any]) -> Section:
         f" Temperature scaling fitted T = {cal['temperature']:.3f} on {cal['fitted_on']}; before and after are "
         f"compared on {cal['n_evaluated']} other images."
     )
-    rows = [["ECE", _pct(cal["ece_before"]), _pct(cal["ece_after"])],
-            ["NLL", f"{cal['nll_before']:.4f}", f"{cal['nll_after']:.4f}"]]  # fmt: skip
+    rows = [
+        ["ECE", _pct(cal["ece_before"]), _pct(cal["ece_after"])],
+        ["NLL", f"{cal['nll_before']:.4f}", f"{cal['nll_after']:.4f}"],
+    ]
     return "Calibration", text, ["", "before", "after"], rows, "reliability"
 
 
@@ -163,8 +172,10 @@ def _groups(n: dict[str, Any]) -> Section | None:
         f"By the group column {g['column']!r}: the largest accuracy gap between two groups is "
         f"{100 * g['accuracy_gap']:.2f} points; the worst group's error rate is {ratio}x the best's."
     )
-    rows = [[r["group"], str(r["n"]), _pct(r["accuracy"]), _pct(r["error_rate"]), f"{100 * r['gap']:+.2f}",
-             _pct(r["ece"])] for r in g["rows"]]  # fmt: skip
+    rows = [
+        [r["group"], str(r["n"]), _pct(r["accuracy"]), _pct(r["error_rate"]), f"{100 * r['gap']:+.2f}", _pct(r["ece"])]
+        for r in g["rows"]
+    ]
     return (
         "Fairness across groups",
         text,
@@ -182,10 +193,13 @@ def _mistakes(n: dict[str, Any]) -> Section:
 
 def _html(title: str, sections: Sequence[Section | None], figures: dict[str, Path]) -> str:
     e = html.escape
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-             "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{max-width:100%}</style></head><body>", f"<h1>{e(title)}</h1>"]  # fmt: skip
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}td:first-child{text-align:left}"
+        "img{max-width:100%}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
     for section in filter(None, sections):
         heading, text, header, rows, figure = section
         parts += [f"<h2>{e(heading)}</h2>", f"<p>{e(text)}</p>"]

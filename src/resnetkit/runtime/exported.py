@@ -181,8 +181,13 @@ def _foreign(module: OnnxRuntimeModule, shape: list[int | str], path: Path) -> L
         n_classes = int(module(torch.zeros(1, 3, height, height)).shape[-1])
     log.warning(
         "%s has no resnetkit metadata: assuming %s preprocessing at %d px (mean %s, std %s) and %d unnamed classes",
-        path, pre.kind, height, pre.mean, pre.std, n_classes,
-    )  # fmt: skip
+        path,
+        pre.kind,
+        height,
+        pre.mean,
+        pre.std,
+        n_classes,
+    )
     return LoadedModel(module, pre, [str(i) for i in range(n_classes)], None, "onnxruntime", named=False)
 
 

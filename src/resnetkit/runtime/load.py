@@ -50,10 +50,16 @@ def load_model(source: str | Path) -> Loaded:
     if file_format(source) is not None:
         exported = load_exported(source)
         arch = exported.meta.architecture if exported.meta else ""
-        return Loaded(exported.module, exported.preprocessing, exported.classes, arch, file=Path(source),
-                      exported=exported)  # fmt: skip
+        return Loaded(
+            exported.module, exported.preprocessing, exported.classes, arch, file=Path(source), exported=exported
+        )
     ckpt = load_checkpoint(source)
     return Loaded(
-        model_from_checkpoint(ckpt), Preprocessing.from_dict(ckpt["preprocessing"]), list(ckpt["classes"]),
-        ckpt["model_name"], dict(ckpt.get("config") or {}), dict(ckpt["model_kwargs"]), Path(ckpt["path"]),
-    )  # fmt: skip
+        model_from_checkpoint(ckpt),
+        Preprocessing.from_dict(ckpt["preprocessing"]),
+        list(ckpt["classes"]),
+        ckpt["model_name"],
+        dict(ckpt.get("config") or {}),
+        dict(ckpt["model_kwargs"]),
+        Path(ckpt["path"]),
+    )

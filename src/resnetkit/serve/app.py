@@ -46,8 +46,13 @@ class Service:
         self.predictor = Predictor.load(self.settings.checkpoint)
         self.predictor.runnable()  # the fast path, made once before the first request
         s = self.settings
-        self.batcher = DynamicBatcher(self.forward, max_batch=s.max_batch, max_delay_s=s.max_delay_ms / 1000,
-                                      max_queue=s.max_queue, observe=self.metrics.observe_batch)  # fmt: skip
+        self.batcher = DynamicBatcher(
+            self.forward,
+            max_batch=s.max_batch,
+            max_delay_s=s.max_delay_ms / 1000,
+            max_queue=s.max_queue,
+            observe=self.metrics.observe_batch,
+        )
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -110,10 +115,15 @@ class Service:
     def metadata(self) -> dict[str, Any]:
         described = self.predictor.describe()
         return {
-            "model": described["model"], "checkpoint": self.settings.checkpoint, "classes": described["classes"],
-            "preprocessing": described["preprocessing"], "runtime": described["runtime"],
-            "precision": described["precision"], "resnetkit_version": VERSION, "settings": asdict(self.settings),
-        }  # fmt: skip
+            "model": described["model"],
+            "checkpoint": self.settings.checkpoint,
+            "classes": described["classes"],
+            "preprocessing": described["preprocessing"],
+            "runtime": described["runtime"],
+            "precision": described["precision"],
+            "resnetkit_version": VERSION,
+            "settings": asdict(self.settings),
+        }
 
     def answer(self, names: list[str], answers: list[Answer]) -> dict[str, Any]:
         results = [{"name": n, "top": self.top(a.row)} for n, a in zip(names, answers, strict=True)]

@@ -39,9 +39,14 @@ class DynamicBatcher:
     forward_s)` is told about every batch (metrics)."""
 
     def __init__(
-        self, run: Callable[[torch.Tensor], torch.Tensor], *, max_batch: int, max_delay_s: float, max_queue: int,
+        self,
+        run: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
         observe: Callable[[int, float, float], None] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be at least 1, max_delay_s at least 0")
         self.run, self.max_batch, self.max_delay_s, self.max_queue = run, max_batch, max_delay_s, max_queue

@@ -20,17 +20,22 @@ class ServiceMetrics:
         self.prom = prom
         self.registry = prom.CollectorRegistry()
         r = self.registry
-        self.requests = prom.Counter("resnetkit_requests", "Requests by endpoint and status", ["endpoint", "status"],
-                                     registry=r)  # fmt: skip
-        self.latency = prom.Histogram("resnetkit_request_seconds", "Request latency", ["endpoint"],
-                                      buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.requests = prom.Counter(
+            "resnetkit_requests", "Requests by endpoint and status", ["endpoint", "status"], registry=r
+        )
+        self.latency = prom.Histogram(
+            "resnetkit_request_seconds", "Request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r
+        )
         self.images = prom.Counter("resnetkit_images", "Images predicted", registry=r)
-        self.batch = prom.Histogram("resnetkit_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS,
-                                    registry=r)  # fmt: skip
-        self.wait = prom.Histogram("resnetkit_queue_seconds", "Time the oldest image of a batch waited",
-                                   buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.forward = prom.Histogram("resnetkit_forward_seconds", "Forward pass time", buckets=LATENCY_BUCKETS,
-                                      registry=r)  # fmt: skip
+        self.batch = prom.Histogram(
+            "resnetkit_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.wait = prom.Histogram(
+            "resnetkit_queue_seconds", "Time the oldest image of a batch waited", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.forward = prom.Histogram(
+            "resnetkit_forward_seconds", "Forward pass time", buckets=LATENCY_BUCKETS, registry=r
+        )
         self.in_progress = prom.Gauge(
             "resnetkit_requests_in_progress", "Requests being answered", ["endpoint"], registry=r
         )

@@ -29,11 +29,16 @@ _TRAINABLE_ORDER = ("layer4", "layer3", "layer2", "layer1", "conv1")
 
 
 def resnet_fpn_backbone(
-    backbone: str = "resnet50", *, weights: str | None = None, trainable_layers: int | None = None,
-    trained: bool | None = None, returned_layers: Sequence[int] = (1, 2, 3, 4),
-    extra_blocks: ExtraFPNBlock | None = None, norm_layer: str | None = None,
+    backbone: str = "resnet50",
+    *,
+    weights: str | None = None,
+    trainable_layers: int | None = None,
+    trained: bool | None = None,
+    returned_layers: Sequence[int] = (1, 2, 3, 4),
+    extra_blocks: ExtraFPNBlock | None = None,
+    norm_layer: str | None = None,
     fpn_norm_layer: type[nn.Module] | None = None,
-) -> BackboneWithFPN:  # fmt: skip
+) -> BackboneWithFPN:
     """A resnetkit network under torchvision's feature pyramid. As torchvision does: with `weights` (a registered
     name, file or checkpoint's weights) the BatchNorm statistics are frozen and the last `trainable_layers` (default
     3) of conv1, layer1..4 train; without, plain BatchNorm and everything trains (5). `trained` says the same
@@ -50,8 +55,14 @@ def resnet_fpn_backbone(
             parameter.requires_grad_(False)
     channels = {f"layer{i}": info["num_chs"] for i, info in enumerate(body.feature_info)}
     return_layers = {f"layer{k}": str(v) for v, k in enumerate(returned_layers)}
-    return BackboneWithFPN(body, return_layers, [channels[name] for name in return_layers], FPN_CHANNELS,
-                           extra_blocks=extra_blocks or LastLevelMaxPool(), norm_layer=fpn_norm_layer)  # fmt: skip
+    return BackboneWithFPN(
+        body,
+        return_layers,
+        [channels[name] for name in return_layers],
+        FPN_CHANNELS,
+        extra_blocks=extra_blocks or LastLevelMaxPool(),
+        norm_layer=fpn_norm_layer,
+    )
 
 
 def _trainable_layers(trained: bool, asked: int | None) -> int:
@@ -63,9 +74,15 @@ def _trainable_layers(trained: bool, asked: int | None) -> int:
 
 
 def create_detector(
-    kind: str, backbone: str = "resnet50", *, num_classes: int | None = None, weights_backbone: str | None = None,
-    trainable_layers: int | None = None, pretrained: bool = False, **kwargs: Any,
-) -> nn.Module:  # fmt: skip
+    kind: str,
+    backbone: str = "resnet50",
+    *,
+    num_classes: int | None = None,
+    weights_backbone: str | None = None,
+    trainable_layers: int | None = None,
+    pretrained: bool = False,
+    **kwargs: Any,
+) -> nn.Module:
     """`kind` (one of DETECTORS) on `backbone`; `kwargs` go to torchvision's detector (min_size, box_score_thresh...).
     The defaults are torchvision's: 91 COCO classes (2 and 17 keypoints for Keypoint R-CNN). `pretrained`: whole-
     detector weights will be loaded (tasks.pretrained), so the backbone is built as for trained weights (frozen
@@ -75,8 +92,13 @@ def create_detector(
     so that a checkpoint rebuilds it."""
     if kind not in DETECTORS:
         raise ModelArgumentError(f"unknown detector {kind!r}; choose one of {', '.join(DETECTORS)}")
-    record = {"backbone": backbone, "num_classes": num_classes, "trainable_layers": trainable_layers,
-              "pretrained": pretrained or weights_backbone is not None, **kwargs}  # fmt: skip
+    record = {
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "trainable_layers": trainable_layers,
+        "pretrained": pretrained or weights_backbone is not None,
+        **kwargs,
+    }
     model = _build_detector(kind, backbone, num_classes, weights_backbone, trainable_layers, pretrained, kwargs)
     model.model_name, model.model_kwargs, model.task = kind, record, "detection"
     return model
@@ -92,16 +114,22 @@ def set_score_threshold(detector: nn.Module, threshold: float) -> None:
 
 
 def _build_detector(
-    kind: str, backbone: str, num_classes: int | None, weights_backbone: str | None, trainable_layers: int | None,
-    pretrained: bool, kwargs: dict[str, Any],
-) -> nn.Module:  # fmt: skip
+    kind: str,
+    backbone: str,
+    num_classes: int | None,
+    weights_backbone: str | None,
+    trainable_layers: int | None,
+    pretrained: bool,
+    kwargs: dict[str, Any],
+) -> nn.Module:
     opts = dict(weights=weights_backbone, trainable_layers=trainable_layers, trained=pretrained or None)
     kwargs = dict(kwargs)
     if kind.startswith("retinanet"):
         return _retinanet(kind, backbone, num_classes or 91, opts, kwargs)
     v2 = kind.endswith("_v2")
-    fpn = resnet_fpn_backbone(backbone, **opts, **({"norm_layer": "batchnorm", "fpn_norm_layer": nn.BatchNorm2d}
-                                                   if v2 else {}))  # fmt: skip
+    fpn = resnet_fpn_backbone(
+        backbone, **opts, **({"norm_layer": "batchnorm", "fpn_norm_layer": nn.BatchNorm2d} if v2 else {})
+    )
     if kind == "keypointrcnn":
         return KeypointRCNN(fpn, num_classes or 2, num_keypoints=kwargs.pop("num_keypoints", 17), **kwargs)
     if v2:
@@ -130,10 +158,12 @@ def _retinanet(kind: str, backbone: str, num_classes: int, opts: dict[str, Any],
         return RetinaNet(fpn, num_classes, **kwargs)
     with torch.device("meta"):  # the last stage's channels (2048 for ResNet-50), read from the architecture
         last = create_model(backbone).feature_info[-1]["num_chs"]
-    fpn = resnet_fpn_backbone(backbone, returned_layers=(2, 3, 4), extra_blocks=LastLevelP6P7(last, 256),
-                              norm_layer="batchnorm", **opts)  # fmt: skip
+    fpn = resnet_fpn_backbone(
+        backbone, returned_layers=(2, 3, 4), extra_blocks=LastLevelP6P7(last, 256), norm_layer="batchnorm", **opts
+    )
     anchors = _retinanet_anchorgen()
-    head = RetinaNetHead(fpn.out_channels, anchors.num_anchors_per_location()[0], num_classes,
-                         norm_layer=partial(nn.GroupNorm, 32))  # fmt: skip
+    head = RetinaNetHead(
+        fpn.out_channels, anchors.num_anchors_per_location()[0], num_classes, norm_layer=partial(nn.GroupNorm, 32)
+    )
     head.regression_head._loss_type = "giou"
     return RetinaNet(fpn, num_classes, anchor_generator=anchors, head=head, **kwargs)

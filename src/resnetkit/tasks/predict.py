@@ -19,11 +19,39 @@ from resnetkit.files import atomic_write
 from resnetkit.tasks.detection import set_score_threshold
 from resnetkit.tasks.pretrained import TaskModel
 
-PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240),
-           (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40), (128, 0, 0))  # fmt: skip
+PALETTE = (
+    (230, 25, 75),
+    (60, 180, 75),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+    (70, 240, 240),
+    (240, 50, 230),
+    (210, 245, 60),
+    (250, 190, 212),
+    (0, 128, 128),
+    (170, 110, 40),
+    (128, 0, 0),
+)
 # COCO's 17 person keypoints joined into a skeleton (torchvision's keypoint_names order).
-COCO_SKELETON = ((0, 1), (0, 2), (1, 3), (2, 4), (5, 6), (5, 7), (7, 9), (6, 8), (8, 10), (5, 11), (6, 12),
-                 (11, 12), (11, 13), (13, 15), (12, 14), (14, 16))  # fmt: skip
+COCO_SKELETON = (
+    (0, 1),
+    (0, 2),
+    (1, 3),
+    (2, 4),
+    (5, 6),
+    (5, 7),
+    (7, 9),
+    (6, 8),
+    (8, 10),
+    (5, 11),
+    (6, 12),
+    (11, 12),
+    (11, 13),
+    (13, 15),
+    (12, 14),
+    (14, 16),
+)
 
 
 def read_image(path: Path, min_side: int) -> torch.Tensor:
@@ -99,8 +127,15 @@ def draw_detections(
     if "keypoints" in found:
         skeleton = list(COCO_SKELETON) if found["keypoints"].shape[1] == 17 else None
         visible = found["keypoints"][..., 2] > 0
-        image = draw_keypoints(image, found["keypoints"][..., :2], skeleton, colors="yellow", radius=width + 1,
-                               width=width, visibility=visible)  # fmt: skip
+        image = draw_keypoints(
+            image,
+            found["keypoints"][..., :2],
+            skeleton,
+            colors="yellow",
+            radius=width + 1,
+            width=width,
+            visibility=visible,
+        )
     tags = [(d["box"][:2], f"{d['label']} {d['score']:.2f}", c) for d, c in zip(detections, colors, strict=True)]
     return _tag(image, tags)
 
@@ -131,8 +166,11 @@ def _segment(tm: TaskModel, image: torch.Tensor, min_share: float) -> tuple[dict
     counts = torch.bincount(labels.flatten(), minlength=len(tm.classes))
     total = labels.numel()
     present = [c for c in range(len(counts)) if counts[c] > 0 and (c == 0 or counts[c] / total >= min_share)]
-    record = {"classes": [{"label": tm.classes[c], "label_id": c, "share": round(float(counts[c] / total), 4)}
-                          for c in present]}  # fmt: skip
+    record = {
+        "classes": [
+            {"label": tm.classes[c], "label_id": c, "share": round(float(counts[c] / total), 4)} for c in present
+        ]
+    }
     drawn = [c for c in present if c != 0]
     if not drawn:
         return record, image

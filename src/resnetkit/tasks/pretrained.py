@@ -54,8 +54,7 @@ def create_task_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 # The layers whose shapes depend on the number of classes: a fine-tune on other classes starts them anew.
-CLASS_HEADS = ("roi_heads.box_predictor.", "head.classification_head.cls_logits.", "classifier.4.",
-               "aux_classifier.4.")  # fmt: skip
+CLASS_HEADS = ("roi_heads.box_predictor.", "head.classification_head.cls_logits.", "classifier.4.", "aux_classifier.4.")
 
 
 def load_task_weights(model: nn.Module, entry: WeightsEntry, *, heads_may_differ: bool = False) -> None:
@@ -64,8 +63,9 @@ def load_task_weights(model: nn.Module, entry: WeightsEntry, *, heads_may_differ
     state = read_state_dict(resolve_weights_file(entry))
     if heads_may_differ:
         own = model.state_dict()
-        state = {k: v for k, v in state.items()
-                 if not (k.startswith(CLASS_HEADS) and k in own and own[k].shape != v.shape)}  # fmt: skip
+        state = {
+            k: v for k, v in state.items() if not (k.startswith(CLASS_HEADS) and k in own and own[k].shape != v.shape)
+        }
         own_heads = {k: v for k, v in own.items() if k.startswith(CLASS_HEADS) and k not in state}
         state |= own_heads  # this model's freshly initialised heads
     _load_strict(model, state, entry.name)
@@ -81,8 +81,9 @@ def task_architecture(entry: WeightsEntry, **kwargs: Any) -> nn.Module:
     file (a detector for trained weights: frozen BatchNorm in v1, 3 trainable backbone layers)."""
     build = {k: v for k, v in entry.build.items() if k not in ("kind", "frozen_bn_eps")}
     extra = {"pretrained": True} if entry.task == "detection" else {}
-    return build_task_model(entry.task, entry.build["kind"], {"num_classes": entry.num_classes, **build, **extra,
-                                                              **kwargs})  # fmt: skip
+    return build_task_model(
+        entry.task, entry.build["kind"], {"num_classes": entry.num_classes, **build, **extra, **kwargs}
+    )
 
 
 def _task_entry(name: str) -> WeightsEntry:
@@ -120,8 +121,15 @@ def load_task_model(source: str | Path, task: str, **kwargs: Any) -> TaskModel:
     model = build_task_model(task, ckpt["model_name"], {**ckpt["model_kwargs"], **kwargs})
     _load_strict(model, ckpt["model"], text)
     pre = ckpt.get("task_preprocessing") or {}
-    return TaskModel(model.eval(), task, list(ckpt["classes"]), text, tuple(pre.get("mean", TaskModel.mean)),
-                     tuple(pre.get("std", TaskModel.std)), int(pre.get("resize", TaskModel.resize)))  # fmt: skip
+    return TaskModel(
+        model.eval(),
+        task,
+        list(ckpt["classes"]),
+        text,
+        tuple(pre.get("mean", TaskModel.mean)),
+        tuple(pre.get("std", TaskModel.std)),
+        int(pre.get("resize", TaskModel.resize)),
+    )
 
 
 def _require_task(found: str, wanted: str, source: str, model_name: str = "") -> None:

@@ -16,9 +16,14 @@ SEGMENTERS = ("fcn", "deeplabv3")
 
 
 def create_segmenter(
-    kind: str, backbone: str = "resnet50", *, num_classes: int = 21, aux_loss: bool = False,
-    weights_backbone: str | None = None, output_stride: int = 8,
-) -> nn.Module:  # fmt: skip
+    kind: str,
+    backbone: str = "resnet50",
+    *,
+    num_classes: int = 21,
+    aux_loss: bool = False,
+    weights_backbone: str | None = None,
+    output_stride: int = 8,
+) -> nn.Module:
     """`kind` (fcn or deeplabv3) on `backbone` at `output_stride`; 21 classes (Pascal VOC's) by default, as
     torchvision's. `aux_loss` adds the FCN head on the third stage that torchvision trains with."""
     if kind not in SEGMENTERS:
@@ -33,6 +38,10 @@ def create_segmenter(
     head = (FCNHead if kind == "fcn" else DeepLabHead)(channels["layer4"], num_classes)
     model = (FCN if kind == "fcn" else DeepLabV3)(body, head, aux)
     model.model_name, model.task = kind, "segmentation"  # how to rebuild it, as create_model's networks record
-    model.model_kwargs = {"backbone": backbone, "num_classes": num_classes, "aux_loss": aux_loss,
-                          "output_stride": output_stride}  # fmt: skip
+    model.model_kwargs = {
+        "backbone": backbone,
+        "num_classes": num_classes,
+        "aux_loss": aux_loss,
+        "output_stride": output_stride,
+    }
     return model

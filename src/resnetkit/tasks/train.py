@@ -66,12 +66,17 @@ def load_detection_data(cfg: TrainConfig) -> DetectionData:
         if coco is not None and n:
             for name in ("files", "image_ids", "boxes", "labels", "sizes"):
                 setattr(coco, name, getattr(coco, name)[:n])
-    info = {split: {"source": c.source, "n": len(c.files), "boxes": sum(len(b) for b in c.boxes)}
-            for split, c in (("train", train), ("val", val)) if c is not None}  # fmt: skip
+    info = {
+        split: {"source": c.source, "n": len(c.files), "boxes": sum(len(b) for b in c.boxes)}
+        for split, c in (("train", train), ("val", val))
+        if c is not None
+    }
     return DetectionData(
-        train.classes, DetectionDataset(train, train=True, seed=cfg.seed, min_side=side),
-        DetectionDataset(val, train=False, min_side=side) if val else None, info,
-    )  # fmt: skip
+        train.classes,
+        DetectionDataset(train, train=True, seed=cfg.seed, min_side=side),
+        DetectionDataset(val, train=False, min_side=side) if val else None,
+        info,
+    )
 
 
 def build_detector(cfg: TrainConfig, classes: list[str], pretrained: bool) -> nn.Module:
@@ -83,9 +88,13 @@ def build_detector(cfg: TrainConfig, classes: list[str], pretrained: bool) -> nn
     whole = coco is not None and get_weights(coco).task == "detection"
     backbone_weights = cfg.weights if pretrained and cfg.weights and not whole else None
     model = create_detector(
-        cfg.detector, cfg.model, num_classes=len(classes), weights_backbone=backbone_weights,
-        pretrained=bool(cfg.weights), **{"min_size": side, "max_size": round(side * 1333 / 800), **cfg.model_kwargs},
-    )  # fmt: skip
+        cfg.detector,
+        cfg.model,
+        num_classes=len(classes),
+        weights_backbone=backbone_weights,
+        pretrained=bool(cfg.weights),
+        **{"min_size": side, "max_size": round(side * 1333 / 800), **cfg.model_kwargs},
+    )
     if whole and pretrained:
         entry = get_weights(coco)
         if (entry.build["kind"], entry.build["backbone"]) != (cfg.detector, cfg.model):
@@ -110,9 +119,18 @@ def run_detection_training(
         if ckpt is not None:
             trainer.restore(ckpt)
         else:
-            start.folder.start(cfg, {"task": "detection", "classes": data.classes, "datasets": data.info,
-                                     "steps_per_epoch": trainer.steps_per_epoch, "world_size": env.world_size,
-                                     "torch": torch.__version__, "threads": torch.get_num_threads()})  # fmt: skip
+            start.folder.start(
+                cfg,
+                {
+                    "task": "detection",
+                    "classes": data.classes,
+                    "datasets": data.info,
+                    "steps_per_epoch": trainer.steps_per_epoch,
+                    "world_size": env.world_size,
+                    "torch": torch.__version__,
+                    "threads": torch.get_num_threads(),
+                },
+            )
         return trainer.fit()
 
 
@@ -120,9 +138,14 @@ class DetectionTrainer:
     """The epochs of one detection run: SGD (or AdamW) with the run's schedule over the summed detector losses."""
 
     def __init__(
-        self, cfg: TrainConfig, data: DetectionData, model: nn.Module, device: torch.device, folder: RunFolder,
+        self,
+        cfg: TrainConfig,
+        data: DetectionData,
+        model: nn.Module,
+        device: torch.device,
+        folder: RunFolder,
         env: distributed.DistEnv,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.cfg, self.data, self.model, self.device, self.folder, self.env = cfg, data, model, device, folder, env
         self.per_process = max(1, cfg.batch_size // env.world_size)
         self.images_per_rank = len(data.train) // env.world_size  # equal shares: DDP steps in lockstep
@@ -177,8 +200,13 @@ class DetectionTrainer:
         own = own[self.batch * self.per_process :]
         self.data.train.epoch = self.epoch  # the flips of this epoch (workers copy the dataset when they start)
         workers = self.cfg.workers or 0
-        return DataLoader(Subset(self.data.train, own), batch_size=self.per_process, collate_fn=collate_detection,
-                          num_workers=workers, persistent_workers=False)  # fmt: skip
+        return DataLoader(
+            Subset(self.data.train, own),
+            batch_size=self.per_process,
+            collate_fn=collate_detection,
+            num_workers=workers,
+            persistent_workers=False,
+        )
 
     def _train_epoch(self, interrupted: InterruptFlag) -> dict[str, Any] | None:
         """The epoch's training row, or None when a Ctrl-C stopped it (its sums so far in `self.partial`)."""
@@ -255,10 +283,20 @@ class DetectionTrainer:
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise NonFiniteLoss(f"weights became non-finite by step {self.step}; try a lower --lr")
         return save_checkpoint(
-            path, self.model, task="detection", classes=self.data.classes, optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), epoch=self.epoch, batch=self.batch, step=self.step,
-            history=self.history, best=self.best, partial=self.partial, config=self.cfg.to_dict(),
-        )  # fmt: skip
+            path,
+            self.model,
+            task="detection",
+            classes=self.data.classes,
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            epoch=self.epoch,
+            batch=self.batch,
+            step=self.step,
+            history=self.history,
+            best=self.best,
+            partial=self.partial,
+            config=self.cfg.to_dict(),
+        )
 
 
 def evaluate_detector(model: nn.Module, data: DetectionDataset, device: torch.device, batch: int) -> dict[str, Any]:
@@ -271,8 +309,14 @@ def evaluate_detector(model: nn.Module, data: DetectionDataset, device: torch.de
     with torch.inference_mode():
         for images, targets in loader:
             found = model([i.to(device) for i in images])
-            metric.update([{k: v.cpu() for k, v in f.items()} for f in found],
-                          [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets])  # fmt: skip
+            metric.update(
+                [{k: v.cpu() for k, v in f.items()} for f in found],
+                [{"boxes": t["boxes"], "labels": t["labels"]} for t in targets],
+            )
     result = metric.compute()
-    return {"val_map": float(result["map"]), "val_map_50": float(result["map_50"]),
-            "val_map_75": float(result["map_75"]), "val_n": len(data)}  # fmt: skip
+    return {
+        "val_map": float(result["map"]),
+        "val_map_50": float(result["map_50"]),
+        "val_map_75": float(result["map_75"]),
+        "val_n": len(data),
+    }

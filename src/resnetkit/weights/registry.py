@@ -49,11 +49,20 @@ class WeightsEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "architecture": self.architecture, "url": self.url, "sha256": self.sha256,
-            "num_classes": self.num_classes, "classes": list(self.classes),
-            "preprocessing": self.data_config.to_dict(), "metrics": self.metrics, "recipe": self.recipe,
-            "source": self.source, "training": self.training, "task": self.task, "build": self.build,
-        }  # fmt: skip
+            "name": self.name,
+            "architecture": self.architecture,
+            "url": self.url,
+            "sha256": self.sha256,
+            "num_classes": self.num_classes,
+            "classes": list(self.classes),
+            "preprocessing": self.data_config.to_dict(),
+            "metrics": self.metrics,
+            "recipe": self.recipe,
+            "source": self.source,
+            "training": self.training,
+            "task": self.task,
+            "build": self.build,
+        }
 
 
 _SHIPPED_ENTRIES = (
@@ -118,11 +127,15 @@ def _entries() -> dict[str, WeightsEntry]:
     imagenet_classes = tv[0].classes
     for name, path, size, crop_pct, interpolation in _TIMM:
         entries[name] = WeightsEntry(
-            name=name, url=_TIMM_RELEASES + path, sha256=hub_hash_prefix(path) or "", num_classes=1000,
-            classes=imagenet_classes, data_config=DataConfig((3, size, size), IMAGENET_MEAN, IMAGENET_STD,
-                                                             interpolation, crop_pct),
-            recipe="timm (ResNet strikes back, Wightman et al. 2021, for a1/a3)", source="timm",
-        )  # fmt: skip
+            name=name,
+            url=_TIMM_RELEASES + path,
+            sha256=hub_hash_prefix(path) or "",
+            num_classes=1000,
+            classes=imagenet_classes,
+            data_config=DataConfig((3, size, size), IMAGENET_MEAN, IMAGENET_STD, interpolation, crop_pct),
+            recipe="timm (ResNet strikes back, Wightman et al. 2021, for a1/a3)",
+            source="timm",
+        )
     return entries
 
 
@@ -132,22 +145,41 @@ def _torchvision_entries() -> list[WeightsEntry]:
     import torchvision
 
     out = []
-    for arch in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "wide_resnet50_2",
-                 "wide_resnet101_2", "resnext50_32x4d", "resnext101_32x8d", "resnext101_64x4d"):  # fmt: skip
+    for arch in (
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "wide_resnet50_2",
+        "wide_resnet101_2",
+        "resnext50_32x4d",
+        "resnext101_32x8d",
+        "resnext101_64x4d",
+    ):
         for w in torchvision.models.get_model_weights(arch):
             tag = {"IMAGENET1K_V1": "tv_in1k", "IMAGENET1K_V2": "tv2_in1k"}.get(w.name)
             if tag is None:
                 continue
             t = w.transforms()
             crop = t.crop_size[0]
-            out.append(WeightsEntry(
-                name=f"{arch}.{tag}", url=w.url, sha256=hub_hash_prefix(w.url) or "",
-                num_classes=len(w.meta["categories"]), classes=tuple(w.meta["categories"]),
-                data_config=DataConfig((3, crop, crop), tuple(t.mean), tuple(t.std), t.interpolation.value,
-                                       crop / t.resize_size[0]),
-                metrics={f"imagenet_{k.replace('@', '')}": v / 100 for k, v in w.meta["_metrics"]["ImageNet-1K"].items()},  # noqa: E501
-                recipe=w.meta.get("recipe", ""), source="torchvision",
-            ))  # fmt: skip
+            out.append(
+                WeightsEntry(
+                    name=f"{arch}.{tag}",
+                    url=w.url,
+                    sha256=hub_hash_prefix(w.url) or "",
+                    num_classes=len(w.meta["categories"]),
+                    classes=tuple(w.meta["categories"]),
+                    data_config=DataConfig(
+                        (3, crop, crop), tuple(t.mean), tuple(t.std), t.interpolation.value, crop / t.resize_size[0]
+                    ),
+                    metrics={
+                        f"imagenet_{k.replace('@', '')}": v / 100 for k, v in w.meta["_metrics"]["ImageNet-1K"].items()
+                    },  # noqa: E501
+                    recipe=w.meta.get("recipe", ""),
+                    source="torchvision",
+                )
+            )
     return out
 
 
@@ -185,14 +217,26 @@ def _torchvision_task_entries() -> list[WeightsEntry]:
         else:
             data = DataConfig((3, 520, 520), IMAGENET_MEAN, IMAGENET_STD, "bilinear", 1.0)
         extra = {"num_keypoints": len(w.meta["keypoint_names"])} if "keypoint_names" in w.meta else {}
-        metrics = {f"{dataset.lower().replace('-', '_')}_{k}": v / 100
-                   for dataset, m in w.meta["_metrics"].items() for k, v in m.items()}  # fmt: skip
-        out.append(WeightsEntry(
-            name=f"{tv_name}.tv_coco", url=w.url, sha256=hub_hash_prefix(w.url) or "",
-            num_classes=len(w.meta["categories"]), classes=tuple(w.meta["categories"]), data_config=data,
-            metrics=metrics, recipe=w.meta.get("recipe", ""), source="torchvision", task=task,
-            build={"backbone": tv_name.split("_")[1], **build, **extra},
-        ))  # fmt: skip
+        metrics = {
+            f"{dataset.lower().replace('-', '_')}_{k}": v / 100
+            for dataset, m in w.meta["_metrics"].items()
+            for k, v in m.items()
+        }
+        out.append(
+            WeightsEntry(
+                name=f"{tv_name}.tv_coco",
+                url=w.url,
+                sha256=hub_hash_prefix(w.url) or "",
+                num_classes=len(w.meta["categories"]),
+                classes=tuple(w.meta["categories"]),
+                data_config=data,
+                metrics=metrics,
+                recipe=w.meta.get("recipe", ""),
+                source="torchvision",
+                task=task,
+                build={"backbone": tv_name.split("_")[1], **build, **extra},
+            )
+        )
     return out
 
 
