@@ -269,14 +269,14 @@ def test_detection_resume_continues_exactly(tmp_path: Path, capsys) -> None:
     said = r"resnetkit: interrupted at epoch 2, step [5-7]; checkpoint .* is intact: continue with `resnetkit train "
     assert len(lines) == 1 and re.fullmatch(said + r"--resume .*`", lines[0]), lines  # one line, no traceback
     mid = load_checkpoint(stopped / "checkpoints" / "last.pt")
-    assert (mid["epoch"], mid["batch"]) == (1, mid["step"] - 4) and mid["partial"]["done"] == mid["batch"]
+    assert (mid["epoch"], mid["batch"]) == (1, mid["step"] - 4) and mid["partial"]["steps"] == mid["batch"]
     assert cli(capsys, "train", "--resume", str(stopped), "--no-progress")[0] == 0
     a = load_checkpoint(full / "checkpoints" / "last.pt")
     for run in (half, stopped):
         b = load_checkpoint(run / "checkpoints" / "last.pt")
         assert a["step"] == b["step"] == 8 and [r["epoch"] for r in b["history"]] == [1, 2]
         assert [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])] == [], run.name
-    timing = ("train_time_s", "train_images_per_s")
+    timing = ("train_time_s", "train_images_per_s", "data_wait_share")
     rows = [[{k: v for k, v in r.items() if k not in timing} for r in _rows(run)] for run in (full, stopped)]
     assert rows[0] == rows[1]  # the interrupted epoch's loss sums carried on
 

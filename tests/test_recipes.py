@@ -18,6 +18,7 @@ import torch
 import resnetkit
 from resnetkit.config import TrainConfig, load_yaml, recipe_names
 from resnetkit.data.factory import load_training_data
+from resnetkit.engine.classification import classification_trainer
 from resnetkit.engine.finetune import apply_strategy
 from resnetkit.engine.run_dir import RunFolder
 from resnetkit.engine.trainer import Trainer
@@ -153,7 +154,7 @@ def _trainer(name: str, promise: Promise, tmp_path: Path) -> Trainer:
     data = load_training_data(cfg, resolve_data_config(cfg.model, cfg.weights, **cfg.model_kwargs))
     model = resnetkit.create_model(cfg.model, num_classes=len(data.classes), weights=cfg.weights, **cfg.model_kwargs)
     apply_strategy(model, cfg.finetune, cfg.trainable_stages)
-    return Trainer(cfg, data, model.double(), torch.device("cpu"), RunFolder(tmp_path / "run"))
+    return classification_trainer(cfg, data, model.double(), torch.device("cpu"), RunFolder(tmp_path / "run"))
 
 
 @pytest.mark.parametrize("name", sorted(PROMISES))

@@ -21,6 +21,7 @@ from resnetkit import distributed
 from resnetkit.checkpoint import load_checkpoint
 from resnetkit.config import ConfigError, TrainConfig
 from resnetkit.data.factory import TrainingData, load_training_data
+from resnetkit.engine.classification import classification_trainer
 from resnetkit.engine.device import default_amp, resolve_device
 from resnetkit.engine.finetune import apply_strategy
 from resnetkit.engine.resume import restart_point, resumed_config
@@ -58,7 +59,7 @@ def run_training(
         data = _load_data_once(cfg, env)
         model = _build_model(cfg, data, device, env, pretrained=ckpt is None).to(device, getattr(torch, cfg.dtype))
         distill = distillation_for(cfg, data.classes, device)
-        trainer = Trainer(cfg, data, model, device, start.folder, env, callbacks, distill)
+        trainer = classification_trainer(cfg, data, model, device, start.folder, env, callbacks, distill)
         if ckpt is not None:
             trainer.restore(ckpt)
         else:

@@ -1,6 +1,8 @@
-"""The epoch loop of one run: steps, progress, evaluation, checkpoints, early stopping and a clean stop on Ctrl-C.
+"""The one training loop of every task: epochs and steps, progress, evaluation, checkpoints, exact resume, seeding,
+early stopping, torchrun and a clean stop on Ctrl-C.
 
-The step itself lives in engine.loop; the run folder's files in engine.run_dir; the precision rules in
+A task (engine.classification; detection in tasks.train) supplies what differs: its batches, its step, its
+evaluation and its metrics (`TrainingTask`). The run folder's files live in engine.run_dir; the precision rules in
 engine.device. One code path for 1 or N processes (torchrun): the distributed helpers are no-ops in one process.
 """
 
@@ -20,20 +22,13 @@ from tqdm import tqdm
 
 from resnetkit import distributed
 from resnetkit.checkpoint import save_checkpoint
-from resnetkit.compress.distill import Distillation
 from resnetkit.config import TrainConfig
-from resnetkit.data.factory import TrainingData
 from resnetkit.data.loader import mix_seed
-from resnetkit.data.stream import loader_for, stream_workers
-from resnetkit.engine.device import compile_pays_off, make_grad_scaler, run_autocast_dtype
 from resnetkit.engine.ema import WeightEma
-from resnetkit.engine.fastpath import speed_up_for_training
-from resnetkit.engine.finetune import finetune_param_groups, freeze_batchnorm
 from resnetkit.engine.interrupt import InterruptFlag, graceful_interrupt
-from resnetkit.engine.loop import EvalResult, Mixing, evaluate, train_step
 from resnetkit.engine.run_dir import RunFolder
 from resnetkit.errors import NonFiniteLoss, TrainingInterrupted
-from resnetkit.optim import build_optimizer, build_schedule, lr_factor, param_groups
+from resnetkit.optim import build_optimizer, build_schedule, lr_factor
 
 log = logging.getLogger(__name__)
 
@@ -79,69 +74,142 @@ class TrainState:
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any]) -> TrainState:
-        keys = ("epoch", "batch", "step", "history", "best", "stale", "partial")
-        return cls(**{k: ckpt[k] for k in keys})
+        partial = dict(ckpt.get("partial") or {})
+        if "done" in partial:  # detection checkpoints before the one loop counted the epoch's steps as "done"
+            partial["steps"] = partial.pop("done")
+        return cls(
+            epoch=ckpt["epoch"],
+            batch=ckpt.get("batch", 0),
+            step=ckpt["step"],
+            history=ckpt["history"],
+            best=ckpt.get("best"),
+            stale=ckpt.get("stale", 0),
+            partial=partial,
+        )
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What a task's step works with: the model as it runs forward (compiled, DDP-wrapped), the model itself, the
+    optimiser, and where the run stands (before the step)."""
+
+    forward_model: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    state: TrainState
+
+
+class TrainingTask:
+    """What one task gives the loop. Subclasses set `classes`, `selection_key` and implement the methods below."""
+
+    classes: list[str]
+    selection_key: str  # the row entry best.pt and early stopping follow ("val_top1", "val_map")
+    stop_check_every: int = LOG_EVERY  # steps between the processes' agreement on a Ctrl-C (torchrun)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def images_per_step(self) -> int:
+        """This process's images per step (the progress bar counts images)."""
+        raise NotImplementedError
+
+    def batches(self, epoch: int, start_batch: int) -> Iterable[Any]:
+        """This process's batches of `epoch` from batch `start_batch` on, the same on every resume."""
+        raise NotImplementedError
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def forward_model(self, model: nn.Module, device: torch.device, total_steps: int) -> nn.Module:
+        """The model as the steps run it (compiled and/or wrapped in DistributedDataParallel)."""
+        raise NotImplementedError
+
+    def train_mode(self, model: nn.Module) -> None:
+        model.train()
+
+    def zero_sums(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The epoch's training sums before its first step (a task may add keys as its steps report them)."""
+        return {}
+
+    def step(self, batch: Any, ctx: StepContext) -> tuple[dict[str, torch.Tensor], int]:
+        """One optimisation step: what it adds to the epoch's sums (tensors: no host sync needed), and its images."""
+        raise NotImplementedError
+
+    def train_metrics(self, sums: dict[str, float], seen: int, steps: int) -> dict[str, float]:
+        """The epoch's training row entries from the sums over all processes, their images and steps."""
+        raise NotImplementedError
+
+    def running_loss(self, sums: dict[str, float], seen: int, steps: int) -> tuple[float, dict[str, str]]:
+        """The mean training loss so far (checked for being finite) and what the progress bar shows."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
+        """The held-out metrics of `model` (row entries), the same on every process."""
+        raise NotImplementedError
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        """The task's own checkpoint fields (classes, preprocessing, the loss scale ...)."""
+        return {"classes": self.classes}
+
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """The task's own state from a checkpoint (the loop restores weights, optimiser, schedule and position)."""
+
+    def plot(self, history: list[dict[str, Any]], folder: RunFolder, cfg: TrainConfig) -> None:
+        raise NotImplementedError
+
+    def logged(self, key: str) -> bool:
+        """Whether the epoch's log line shows row entry `key`."""
+        return key.endswith("top1")
 
 
 @dataclass
 class _EpochSums:
     """This process's running training sums of the current epoch (tensors: no host sync per step)."""
 
-    loss: torch.Tensor
-    correct: torch.Tensor
+    values: dict[str, torch.Tensor]
     seen: int
+    steps: int
     t0: float
     data_wait: float = 0.0  # seconds this process waited for batches (decoding, augmentation, transfer)
+
+    def add(self, values: dict[str, torch.Tensor], images: int) -> None:
+        for key, value in values.items():
+            if key in self.values:
+                self.values[key] += value
+            else:
+                self.values[key] = value.clone()
+        self.seen, self.steps = self.seen + images, self.steps + 1
 
 
 class Trainer:
     """Holds the pieces of one run; `fit` runs the epochs. `callbacks` run after every step (tests use them to
-    inject faults: a SIGINT, a lost worker); `distill` adds a teacher's soft targets to every step's loss."""
+    inject faults: a SIGINT, a lost worker)."""
 
     def __init__(
         self,
         cfg: TrainConfig,
-        data: TrainingData,
+        task: TrainingTask,
         model: nn.Module,
         device: torch.device,
         folder: RunFolder,
         env: distributed.DistEnv | None = None,
         callbacks: Sequence[StepCallback] = (),
-        distill: Distillation | None = None,
     ) -> None:
-        self.cfg, self.data, self.model, self.device, self.folder = cfg, data, model, device, folder
-        self.env, self.callbacks, self.distill = env or distributed.DistEnv(), list(callbacks), distill
-        self._make_loaders()
+        self.cfg, self.task, self.model, self.device, self.folder = cfg, task, model, device, folder
+        self.env, self.callbacks = env or distributed.DistEnv(), list(callbacks)
+        self.steps_per_epoch = task.steps_per_epoch
         planned = cfg.epochs * self.steps_per_epoch
         self.total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         warmup = cfg.warmup_steps or round(cfg.warmup_epochs * self.steps_per_epoch)
-        self.optimizer = _optimizer(model, cfg)
+        self.optimizer = build_optimizer(cfg.optimizer, task.param_groups(model), cfg.lr, cfg.momentum, cfg.nesterov)
         factor = lr_factor(cfg.schedule, self.total_steps, warmup, cfg.milestones, cfg.warmup_constant_factor)
         self.scheduler = build_schedule(self.optimizer, factor)
-        self.mixing = Mixing(cfg.mixup, cfg.cutmix) if (cfg.mixup or cfg.cutmix) else None
-        compile_ = (
-            cfg.compile if cfg.compile is not None else compile_pays_off(device, self.total_steps * cfg.batch_size)
-        )
-        self.forward_model = speed_up_for_training(model, compile_, wrap=lambda m: distributed.wrap_model(m, device))
-        self.amp_dtype = run_autocast_dtype(cfg.amp, cfg.amp_dtype, device)
-        self.scaler = make_grad_scaler(self.amp_dtype, device)
+        self.forward_model = task.forward_model(model, device, self.total_steps)
         self.ema = WeightEma(model, cfg.ema_decay, cfg.ema_every) if cfg.ema_decay else None
         self.state = TrainState()
-
-    def _make_loaders(self) -> None:
-        cfg, data = self.cfg, self.data
-        shard = {"device": self.device, "rank": self.env.rank, "world_size": self.env.world_size}
-        shard["dtype"] = getattr(torch, cfg.dtype)
-        shard |= {"workers": stream_workers(cfg.workers), "strict": cfg.strict}  # streamed folders only
-        self.train_loader = loader_for(
-            data.train, data.preprocessing, batch_size=cfg.batch_size, train=True, seed=cfg.seed, **shard
-        )
-        self.eval_loaders = {
-            name: loader_for(ds, data.preprocessing, batch_size=max(cfg.batch_size, 256), train=False, **shard)
-            for name, ds in data.eval_splits().items()
-        }
-        self.steps_per_epoch = len(self.train_loader)
 
     # --- checkpoints -----------------------------------------------------------------------------------------
     def _save(self, name: str) -> Path:
@@ -158,11 +226,9 @@ class Trainer:
         return save_checkpoint(
             path,
             self.model,
-            classes=self.data.classes,
-            preprocessing=self.data.preprocessing.to_dict(),
+            **self.task.checkpoint_fields(),
             optimizer=self.optimizer.state_dict(),
             scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(),
             epoch=s.epoch,
             batch=s.batch,
             step=s.step,
@@ -179,13 +245,12 @@ class Trainer:
         return f"kept the last good checkpoint {last}" if last.exists() else "no checkpoint was written"
 
     def restore(self, ckpt: dict[str, Any]) -> None:
-        """Continue from `ckpt`: weights, optimiser, schedule, loss scale and the loop's position (the random state
-        needs nothing: each step seeds it from the step, see `_step`)."""
+        """Continue from `ckpt`: weights, optimiser, schedule, the task's state and the loop's position (the random
+        state needs nothing: each step seeds it from the step, see `_step`)."""
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):  # fp16 runs; checkpoints of bf16/fp32 runs hold an empty (disabled) state
-            self.scaler.load_state_dict(ckpt["scaler"])
+        self.task.restore(ckpt)
         if self.ema is not None and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])
         self.folder.rewrite_metrics(ckpt["history"])
@@ -198,6 +263,8 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------------------------------
     def fit(self) -> RunResult:
+        """The epochs; Ctrl-C (on any process) stops every process after the same step, and rank 0 saves a
+        checkpoint from which `--resume` continues mid-epoch to the weights of a run that never stopped."""
         stopped = "completed"
         with graceful_interrupt() as interrupted:
             while self.state.epoch < self.epochs and stopped == "completed":
@@ -216,14 +283,11 @@ class Trainer:
 
     def _train_epoch(self, interrupted: InterruptFlag) -> str:
         s = self.state
-        self.model.train()
-        if self.cfg.weights:  # frozen layers keep their pretrained statistics; --freeze-bn keeps them all
-            freeze_batchnorm(self.model, only_frozen_params=not self.cfg.freeze_bn)
+        self.task.train_mode(self.model)
         sums = self._resume_sums()
         bar = self._bar(s.batch)
-        for x, y in _waited_for(self.train_loader.epoch(s.epoch, s.batch), sums):
-            self._step(x, y, sums)
-            bar.update(y.shape[0])
+        for batch in _waited_for(self.task.batches(s.epoch, s.batch), sums):
+            self._step(batch, sums, bar)
             if s.step % LOG_EVERY == 0 or s.batch == self.steps_per_epoch:
                 self._check_and_show(bar, sums)
             if self.cfg.checkpoint_every and s.step % self.cfg.checkpoint_every == 0 and s.batch < self.steps_per_epoch:
@@ -242,51 +306,39 @@ class Trainer:
         self._finish_epoch_sums(sums)
         return "max_steps" if s.step >= self.total_steps and s.batch < self.steps_per_epoch else "completed"
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, sums: _EpochSums) -> None:
-        s, cfg = self.state, self.cfg
-        # The global RNG (stochastic depth's masks, on every device) is seeded from (seed, rank, step) before each
-        # step: each process draws its own masks, and a run resumed or restarted at any step draws exactly what an
-        # undisturbed run draws there, on CPU and CUDA alike (a saved CPU RNG state covers neither the other
-        # ranks nor the GPU's generator).
-        torch.manual_seed(mix_seed(cfg.seed, self.env.rank, s.step, STEP_RNG_STREAM))
-        gen = torch.Generator().manual_seed(mix_seed(cfg.seed, s.epoch, s.batch, 7)) if self.mixing else None
-        loss, hits = train_step(
-            self.forward_model,
-            x,
-            y,
-            self.optimizer,
-            label_smoothing=cfg.label_smoothing,
-            mixing=self.mixing,
-            gen=gen,
-            grad_clip=cfg.grad_clip,
-            amp_dtype=self.amp_dtype,
-            scaler=self.scaler,
-            distill=self.distill,
-        )
+    def _step(self, batch: Any, sums: _EpochSums, bar: tqdm) -> None:
+        s = self.state
+        # The global RNG (stochastic depth's masks, a detector's box samplers, on every device) is seeded from
+        # (seed, rank, step) before each step: each process draws its own, and a run resumed or restarted at any
+        # step draws exactly what an undisturbed run draws there, on CPU and CUDA alike (a saved CPU RNG state
+        # covers neither the other ranks nor the GPU's generator).
+        torch.manual_seed(mix_seed(self.cfg.seed, self.env.rank, s.step, STEP_RNG_STREAM))
+        added, images = self.task.step(batch, StepContext(self.forward_model, self.model, self.optimizer, s))
         self.scheduler.step()
-        sums.loss += loss * y.shape[0]
-        sums.correct += hits
-        sums.seen += y.shape[0]
+        sums.add(added, images)
         s.batch, s.step = s.batch + 1, s.step + 1
         if self.ema is not None:
             self.ema.update(self.model, s.step)
+        bar.update(images)
 
     def _resume_sums(self) -> _EpochSums:
         """The epoch's sums so far: zero, or what a mid-epoch checkpoint recorded (rank 0 carries the global
         sums on; the other ranks start from zero)."""
-        part = {"loss_sum": 0.0, "correct": 0, "seen": 0, "time": self.state.partial.get("time", 0.0)}
-        if self.env.is_main:
-            part.update(self.state.partial)
-        loss = torch.tensor(part["loss_sum"], device=self.device)
-        correct = torch.tensor(int(part["correct"]), dtype=torch.int64, device=self.device)
-        return _EpochSums(loss, correct, int(part["seen"]), time.perf_counter() - part["time"])
+        part = dict(self.state.partial)
+        seconds = part.pop("time", 0.0)
+        seen, steps = int(part.pop("seen", 0)), int(part.pop("steps", 0))
+        values = self.task.zero_sums(self.device)
+        for key, value in part.items():  # every process holds every key: the all-reduce sums them in one order
+            zero = values.get(key, torch.zeros((), dtype=torch.float64, device=self.device))
+            values[key] = torch.tensor(value if self.env.is_main else 0, dtype=zero.dtype, device=self.device)
+        if not self.env.is_main:
+            seen, steps = 0, 0
+        return _EpochSums(values, seen, steps, time.perf_counter() - seconds)
 
     def _finish_epoch_sums(self, sums: _EpochSums) -> None:
-        loss_total, correct_total, seen = _global_sums(sums)
+        values, seen, steps = _global_sums(sums)
         elapsed = time.perf_counter() - sums.t0
-        self._epoch_train = {
-            "train_loss": loss_total / max(seen, 1),
-            "train_top1": correct_total / max(seen, 1),
+        self._epoch_train = self.task.train_metrics(values, seen, steps) | {
             "train_time_s": elapsed,
             "data_wait_share": sums.data_wait / max(elapsed, 1e-9),  # this process's share waiting for input
             "train_images_per_s": seen / max(elapsed, 1e-9),
@@ -294,36 +346,33 @@ class Trainer:
         self.state.partial = {}
 
     def _bar(self, start_batch: int) -> tqdm:
-        total = (self.steps_per_epoch - start_batch) * self.train_loader.batch_size
+        total = (self.steps_per_epoch - start_batch) * self.task.images_per_step
         show = self.cfg.progress and self.env.is_main
         desc = f"epoch {self.state.epoch + 1}/{self.epochs}"
         return tqdm(total=total, desc=desc, unit="img", unit_scale=True, leave=False, disable=None if show else True)
 
     def _partial(self, sums: _EpochSums) -> dict[str, float]:
         """The epoch's training sums so far (over all processes), kept in a mid-epoch checkpoint."""
-        loss_total, correct_total, seen_total = _global_sums(sums)
-        elapsed = time.perf_counter() - sums.t0
-        return {"loss_sum": loss_total, "correct": int(correct_total), "seen": seen_total, "time": elapsed}
+        values, seen, steps = _global_sums(sums)
+        return values | {"seen": seen, "steps": steps, "time": time.perf_counter() - sums.t0}
 
     def _stop_requested(self, local_flag: bool) -> bool:
-        """Ctrl-C on any process stops all of them at the same step (checked every LOG_EVERY steps when several
-        processes run, to keep the per-step path free of host synchronisation)."""
+        """Ctrl-C on any process stops all of them at the same step (checked every `stop_check_every` steps when
+        several processes run, to keep the per-step path free of host synchronisation)."""
         if not self.env.enabled:
             return local_flag
-        if self.state.step % LOG_EVERY and self.state.batch != self.steps_per_epoch:
+        if self.state.step % self.task.stop_check_every and self.state.batch != self.steps_per_epoch:
             return False
         return distributed.any_process(local_flag, self.device)
 
     def _check_and_show(self, bar: tqdm, sums: _EpochSums) -> None:
-        loss_total, correct_total, seen = _global_sums(sums)
-        loss = loss_total / seen  # the one host sync per LOG_EVERY steps
+        loss, postfix = self.task.running_loss(*_global_sums(sums))  # the one host sync per LOG_EVERY steps
         if not math.isfinite(loss):
             raise NonFiniteLoss(
                 f"loss became non-finite at step {self.state.step} (epoch {self.state.epoch + 1}); {self._kept()}; "
                 "try a lower --lr or --grad-clip"
             )
-        lr = self.scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct_total / seen:.3f}", lr=f"{lr:.4f}")
+        bar.set_postfix(**postfix, lr=f"{self.scheduler.get_last_lr()[0]:.4f}")
 
     def _end_epoch(self) -> str:
         s = self.state
@@ -337,29 +386,26 @@ class Trainer:
         self._save("last.pt")
         if improved:
             self._save("best.pt")
-        self.folder.plot(s.history, title=f"{self.cfg.model} on {self.cfg.data}")
-        log.info("epoch %d: %s", row["epoch"], ", ".join(f"{k}={v:.4f}" for k, v in row.items() if "top1" in k))
+        self.task.plot(s.history, self.folder, self.cfg)
+        scores = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if self.task.logged(k))
+        log.info("epoch %d: %s", row["epoch"], scores)
         if self.cfg.early_stopping and s.stale >= self.cfg.early_stopping:
-            log.info("early stopping: no better %s for %d epochs", self.data.selection_split, s.stale)
+            log.info("early stopping: no better %s for %d epochs", self.task.selection_key, s.stale)
             return "early_stopping"
         return "completed"
 
     def _evaluate_into(self, row: dict[str, Any]) -> None:
-        """Each held-out split's metrics (and the weight EMA's, prefixed ema_), all-reduced over the processes."""
+        """The task's held-out metrics (and the weight EMA's, prefixed ema_), the same on every process."""
         models = {"": self.model, "ema_": self.ema.module if self.ema is not None else None}
         for prefix, model in models.items():
             if model is None:
                 continue
             distributed.broadcast_buffers(model)  # BatchNorm statistics of rank 0 on every rank, as saved
-            for name, loader in self.eval_loaders.items():
-                result: EvalResult = evaluate(model, loader, len(self.data.classes))
-                key = f"{prefix}{name}"
-                row.update({f"{key}_loss": result.loss, f"{key}_top1": result.top1, f"{key}_top5": result.top5})
-                row[f"{key}_n"] = result.n
+            row.update({f"{prefix}{k}": v for k, v in self.task.evaluate(model).items()})
 
     def _track_best(self, row: dict[str, Any]) -> bool:
         # the weights `eval` will use: the EMA's when the run keeps one
-        key = f"{'ema_' if self.ema is not None else ''}{self.data.selection_split}_top1"
+        key = f"{'ema_' if self.ema is not None else ''}{self.task.selection_key}"
         if key not in row:
             return False
         if self.state.best is None or row[key] > self.state.best[key]:
@@ -369,17 +415,7 @@ class Trainer:
         return False
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    if not cfg.weights:
-        groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
-    else:
-        groups = finetune_param_groups(model, cfg.lr, cfg.backbone_lr_mult, cfg.weight_decay, cfg.no_decay_bn_bias)
-    return build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.nesterov)
-
-
-def _waited_for(
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]], sums: _EpochSums
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _waited_for(batches: Iterable[Any], sums: _EpochSums) -> Iterator[Any]:
     """`batches`, adding the time spent waiting for each one to `sums.data_wait`."""
     it = iter(batches)
     while True:
@@ -391,9 +427,11 @@ def _waited_for(
         yield batch
 
 
-def _global_sums(sums: _EpochSums) -> tuple[float, float, int]:
-    """This epoch's loss sum, correct count and images so far, summed over all processes."""
-    device = sums.loss.device
-    totals = torch.stack([sums.loss.double(), sums.correct.double(), torch.tensor(float(sums.seen), device=device)])
+def _global_sums(sums: _EpochSums) -> tuple[dict[str, float], int, int]:
+    """This epoch's sums, images and steps so far, summed over all processes (one all-reduce, keys in order)."""
+    keys = sorted(sums.values)
+    device = sums.values[keys[0]].device if keys else torch.device("cpu")
+    counts = torch.tensor([float(sums.seen), float(sums.steps)], dtype=torch.float64, device=device)
+    totals = torch.cat([torch.stack([sums.values[k].double() for k in keys]) if keys else counts[:0], counts])
     totals = distributed.all_reduce_sum(totals).tolist()
-    return totals[0], totals[1], int(totals[2])
+    return dict(zip(keys, totals[: len(keys)], strict=True)), int(totals[-2]), int(totals[-1])

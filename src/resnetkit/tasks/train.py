@@ -1,7 +1,8 @@
 """Detection training (`resnetkit train --task detection --data coco --data-dir D`): a torchvision detector on a
 resnetkit backbone (tasks.detection) fine-tuned on a COCO-format folder (data.coco), in the same kind of run folder
-as classification (config.yaml, run.json, metrics.jsonl, curves.png, checkpoints/last.pt and best.pt), resumable
-with `--resume RUN` at an epoch boundary and run under torchrun (DistributedDataParallel, each image once per epoch).
+as classification (config.yaml, run.json, metrics.jsonl, curves.png, checkpoints/last.pt and best.pt), by the same
+loop (engine.trainer: Ctrl-C saves, `--resume RUN` continues mid-epoch exactly, early stopping, torchrun with
+DistributedDataParallel, each image once per epoch); `DetectionTask` supplies the batches, the step and the mAP.
 
 Validation mAP each epoch is torchmetrics' MeanAveragePrecision on pycocotools (the COCO protocol), not a
 hand-written one. The backbone can start from classification weights (`--weights resnet50.tv_in1k`, the backbone
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,19 +21,16 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
 
 from resnetkit import distributed
-from resnetkit.checkpoint import save_checkpoint
 from resnetkit.config import TrainConfig
 from resnetkit.data.coco import DetectionDataset, collate_detection, find_coco_split, read_coco
-from resnetkit.engine.interrupt import InterruptFlag, graceful_interrupt
 from resnetkit.engine.run_dir import RunFolder
 from resnetkit.engine.runner import started_run
-from resnetkit.engine.trainer import RunResult
-from resnetkit.errors import DataError, NonFiniteLoss, TrainingInterrupted, WeightsError
+from resnetkit.engine.trainer import RunResult, StepContext, Trainer, TrainingTask
+from resnetkit.errors import DataError, NonFiniteLoss, WeightsError
 from resnetkit.extras import require_extra
-from resnetkit.optim import build_optimizer, build_schedule, lr_factor, param_groups
+from resnetkit.optim import param_groups
 from resnetkit.plots import plot_detection_curves
 from resnetkit.tasks.detection import create_detector
 from resnetkit.tasks.pretrained import load_task_weights
@@ -115,7 +112,7 @@ def run_detection_training(
         torch.manual_seed(cfg.seed)
         data = load_detection_data(cfg)
         model = build_detector(cfg, data.classes, pretrained=ckpt is None).to(start.device)
-        trainer = DetectionTrainer(cfg, data, model, start.device, start.folder, env)
+        trainer = Trainer(cfg, DetectionTask(cfg, data, start.device, env), model, start.device, start.folder, env)
         if ckpt is not None:
             trainer.restore(ckpt)
         else:
@@ -134,169 +131,92 @@ def run_detection_training(
         return trainer.fit()
 
 
-class DetectionTrainer:
-    """The epochs of one detection run: SGD (or AdamW) with the run's schedule over the summed detector losses."""
+class DetectionTask(TrainingTask):
+    """Detection as a task of the one training loop (engine.trainer): each process's share of a seeded permutation
+    of the training images, a step over the detector's summed losses (float32), COCO-protocol mAP on rank 0."""
 
-    def __init__(
-        self,
-        cfg: TrainConfig,
-        data: DetectionData,
-        model: nn.Module,
-        device: torch.device,
-        folder: RunFolder,
-        env: distributed.DistEnv,
-    ) -> None:
-        self.cfg, self.data, self.model, self.device, self.folder, self.env = cfg, data, model, device, folder, env
+    selection_key = "val_map"
+    stop_check_every = 1  # a detection step takes long: the processes agree on stopping after every step
+
+    def __init__(self, cfg: TrainConfig, data: DetectionData, device: torch.device, env: distributed.DistEnv) -> None:
+        self.cfg, self.data, self.device, self.env = cfg, data, device, env
+        self.classes = data.classes
         self.per_process = max(1, cfg.batch_size // env.world_size)
         self.images_per_rank = len(data.train) // env.world_size  # equal shares: DDP steps in lockstep
         if self.images_per_rank == 0:
             raise DataError(f"{len(data.train)} training images cannot be shared by {env.world_size} processes")
-        self.steps_per_epoch = math.ceil(self.images_per_rank / self.per_process)
-        planned = cfg.epochs * self.steps_per_epoch
-        self.total_steps = min(planned, cfg.max_steps) if cfg.max_steps else planned
-        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
-        self.optimizer = build_optimizer(cfg.optimizer, groups, cfg.lr, cfg.momentum, cfg.nesterov)
-        warmup = cfg.warmup_steps or round(cfg.warmup_epochs * self.steps_per_epoch)
-        factor = lr_factor(cfg.schedule, self.total_steps, warmup, cfg.milestones, cfg.warmup_constant_factor)
-        self.scheduler = build_schedule(self.optimizer, factor)
-        self.forward_model = distributed.wrap_model(model, device)
-        self.epoch, self.step, self.history, self.best = 0, 0, [], None
-        self.batch, self.partial = 0, {}  # the next batch of `epoch`; its training sums so far (a Ctrl-C checkpoint)
 
-    def restore(self, ckpt: dict[str, Any]) -> None:
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.epoch, self.step, self.history, self.best = ckpt["epoch"], ckpt["step"], ckpt["history"], ckpt["best"]
-        self.batch, self.partial = ckpt.get("batch", 0), dict(ckpt.get("partial") or {})
-        self.folder.rewrite_metrics(self.history)
-        log.info("resuming %s at epoch %d, step %d", self.folder.path, self.epoch + 1, self.step)
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.images_per_rank / self.per_process)
 
-    def fit(self) -> RunResult:
-        """The epochs; Ctrl-C (on any process) stops every process after the same step, and rank 0 saves a
-        checkpoint from which `--resume` continues mid-epoch to the weights of a run that never stopped."""
-        with graceful_interrupt() as interrupted:
-            while self.epoch < self.epochs and self.step < self.total_steps:
-                row = self._train_epoch(interrupted)
-                if row is None:
-                    path = self._save("last.pt")
-                    raise TrainingInterrupted(
-                        f"interrupted at epoch {self.epoch + 1}, step {self.step}; checkpoint {path} is intact: "
-                        f"continue with `resnetkit train --resume {self.folder.path}`"
-                    )
-                self.epoch, self.batch, self.partial = self.epoch + 1, 0, {}
-                row |= self._evaluate()
-                self._end_epoch(row)
-        stopped = "max_steps" if self.cfg.max_steps and self.step >= self.cfg.max_steps else "completed"
-        return RunResult(self.folder.path, self.history, stopped, self.best, self.step)
+    @property
+    def images_per_step(self) -> int:
+        return self.per_process
 
-    def _loader(self) -> DataLoader:
+    def batches(self, epoch: int, start_batch: int) -> DataLoader:
         """This rank's share of a fresh permutation (seeded by the run's seed and the epoch), from batch
-        `self.batch` on (a run resumed mid-epoch skips the batches it took)."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
+        `start_batch` on (a run resumed mid-epoch skips the batches it took)."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
         order = torch.randperm(len(self.data.train), generator=g)
         own = order[self.env.rank :: self.env.world_size][: self.images_per_rank].tolist()
-        own = own[self.batch * self.per_process :]
-        self.data.train.epoch = self.epoch  # the flips of this epoch (workers copy the dataset when they start)
-        workers = self.cfg.workers or 0
+        own = own[start_batch * self.per_process :]
+        self.data.train.epoch = epoch  # the flips of this epoch (workers copy the dataset when they start)
         return DataLoader(
             Subset(self.data.train, own),
             batch_size=self.per_process,
             collate_fn=collate_detection,
-            num_workers=workers,
+            num_workers=self.cfg.workers or 0,
             persistent_workers=False,
         )
 
-    def _train_epoch(self, interrupted: InterruptFlag) -> dict[str, Any] | None:
-        """The epoch's training row, or None when a Ctrl-C stopped it (its sums so far in `self.partial`)."""
-        self.model.train()
-        part = dict(self.partial)
-        done, seen = int(part.pop("done", 0)), int(part.pop("seen", 0))
-        t0 = time.perf_counter() - part.pop("time", 0.0)
-        sums: dict[str, float] = part  # the losses' sums (this process's; rank 0's are reported and saved)
-        show = self.cfg.progress and self.env.is_main
-        steps = min(self.steps_per_epoch - self.batch, self.total_steps - self.step)
-        with tqdm(total=steps, desc=f"epoch {self.epoch + 1}/{self.epochs}", disable=not show, unit="step") as bar:
-            for images, targets in self._loader():
-                losses = self._step([i.to(self.device) for i in images], targets)
-                for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                seen, done, self.batch = seen + len(images), done + 1, self.batch + 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses['loss']:.3f}")
-                # a detection step takes long: the processes agree on stopping after every step
-                stop = distributed.any_process(interrupted.requested, self.device) if self.env.enabled else None
-                if stop or (stop is None and interrupted.requested):
-                    self.partial = {**sums, "done": done, "seen": seen, "time": time.perf_counter() - t0}
-                    return None
-                if self.step >= self.total_steps:
-                    break
-        n = max(1, done)  # not bar.n: a disabled bar (--no-progress) does not count
-        seconds = time.perf_counter() - t0
-        row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.scheduler.get_last_lr()[0]}
-        row |= {f"train_{k}": v / n for k, v in sums.items()}
-        return row | {"train_time_s": seconds, "train_images_per_s": seen * self.env.world_size / seconds}
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        return param_groups(model, self.cfg.weight_decay, self.cfg.no_decay_bn_bias)
 
-    def _step(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        targets = [{k: v.to(self.device) for k, v in t.items()} for t in targets]
-        # the samplers of the RPN and box head draw from torch's RNG: seeded by the step, a resumed run draws the same
-        torch.manual_seed(self.cfg.seed * 1_000_003 + self.step * max(1, self.env.world_size) + self.env.rank)
-        parts = self.forward_model(images, targets)
+    def forward_model(self, model: nn.Module, device: torch.device, total_steps: int) -> nn.Module:
+        return distributed.wrap_model(model, device)
+
+    def step(self, batch: Any, ctx: StepContext) -> tuple[dict[str, torch.Tensor], int]:
+        """Forward (the detector returns its losses in training mode), backward, clip, step: each loss's value is
+        added to the epoch's sums (the row reports their per-step means)."""
+        images = [i.to(self.device) for i in batch[0]]
+        targets = [{k: v.to(self.device) for k, v in t.items()} for t in batch[1]]
+        parts = ctx.forward_model(images, targets)
         loss = sum(parts.values())
         if not torch.isfinite(loss):
-            raise NonFiniteLoss(f"the detection loss became {float(loss)} at step {self.step}; try a lower --lr")
+            raise NonFiniteLoss(f"the detection loss became {float(loss)} at step {ctx.state.step}; try a lower --lr")
         loss.backward()
         if self.cfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        self.step += 1
-        return {"loss": float(loss.detach()), **{k: float(v.detach()) for k, v in parts.items()}}
+            nn.utils.clip_grad_norm_(ctx.model.parameters(), self.cfg.grad_clip)
+        ctx.optimizer.step()
+        ctx.optimizer.zero_grad(set_to_none=True)
+        added = {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+        return {k: v.double() for k, v in added.items()}, len(images)
 
-    def _evaluate(self) -> dict[str, Any]:
+    def train_metrics(self, sums: dict[str, float], seen: int, steps: int) -> dict[str, float]:
+        return {f"train_{k}": v / max(steps, 1) for k, v in sums.items()}
+
+    def running_loss(self, sums: dict[str, float], seen: int, steps: int) -> tuple[float, dict[str, str]]:
+        loss = sums["loss"] / max(steps, 1)
+        return loss, {"loss": f"{loss:.3f}"}
+
+    def evaluate(self, model: nn.Module) -> dict[str, Any]:
         """Validation mAP (COCO protocol) on rank 0; the other ranks wait."""
         out: dict[str, Any] = {}
         if self.data.val is not None and self.env.is_main:
-            out = evaluate_detector(self.model, self.data.val, self.device, self.per_process)
+            out = evaluate_detector(model, self.data.val, self.device, self.per_process)
         distributed.barrier()
         return out
 
-    def _end_epoch(self, row: dict[str, Any]) -> None:
-        self.history.append(row)
-        self.folder.append_metrics(row)
-        if "val_map" in row and (self.best is None or row["val_map"] > self.best["val_map"]):
-            self.best = {"epoch": row["epoch"], "val_map": row["val_map"]}
-            self._save("best.pt")
-        self._save("last.pt")
-        if self.env.is_main:
-            title = f"{self.cfg.detector} on {self.cfg.model}"
-            plot_detection_curves(self.history, self.folder.path / "curves.png", title)
-        scores = ", ".join(f"{k}={v:.4f}" for k, v in row.items() if k.startswith("val_") or k == "train_loss")
-        log.info("epoch %d: %s", row["epoch"], scores)
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {"task": "detection", "classes": self.classes}
 
-    def _save(self, name: str) -> Path:
-        path = self.folder.checkpoint(name)
-        if not self.env.is_main:
-            return path
-        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
-            raise NonFiniteLoss(f"weights became non-finite by step {self.step}; try a lower --lr")
-        return save_checkpoint(
-            path,
-            self.model,
-            task="detection",
-            classes=self.data.classes,
-            optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(),
-            epoch=self.epoch,
-            batch=self.batch,
-            step=self.step,
-            history=self.history,
-            best=self.best,
-            partial=self.partial,
-            config=self.cfg.to_dict(),
-        )
+    def plot(self, history: list[dict[str, Any]], folder: RunFolder, cfg: TrainConfig) -> None:
+        if self.env.is_main:
+            plot_detection_curves(history, folder.path / "curves.png", f"{cfg.detector} on {cfg.model}")
+
+    def logged(self, key: str) -> bool:
+        return key.startswith("val_") or key == "train_loss"
 
 
 def evaluate_detector(model: nn.Module, data: DetectionDataset, device: torch.device, batch: int) -> dict[str, Any]:
