@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from resnetkit.data.cifar import load_cifar
-from resnetkit.deploy import export_checkpoint
+from resnetkit.workflows.deploy import export_checkpoint
 from resnetkit.models import create_model
 from resnetkit.runtime import load_model
 

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetkit"
 # Higher numbers may import lower ones (and their own package). docs/ARCHITECTURE.md draws the same table.
 LEVELS = {
     "cli": 9,
-    **dict.fromkeys(["inference", "deploy", "pruning", "serve", "bench", "experiments", "report"], 8),
+    **dict.fromkeys(["workflows", "serve", "bench", "experiments", "report"], 8),
     **dict.fromkeys(["runtime", "explain", "tasks"], 7),
     **dict.fromkeys(["engine", "export"], 6),
     **dict.fromkeys(["data", "optim", "checkpoint", "compress"], 5),
@@ -165,6 +165,41 @@ def test_only_cli_prints_and_only_distributed_touches_torch_distributed() -> Non
         if top != "distributed" and any(n.startswith("torch.distributed") for n in _imports(tree, _module_name(path))):
             offenders.append(f"{path.relative_to(PACKAGE)} imports torch.distributed")
     assert not offenders
+
+
+IMAGE_READER = "data/images.py"  # the one image-reading entry point (read_image, image_header)
+DECODERS = {"open", "decode_jpeg", "decode_image", "decode_png", "read_image"}
+
+
+def _decoder_calls(source: str) -> list[int]:
+    """Lines that open or decode an image file: PIL's Image.open, torchvision.io's decoders and read_image."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in DECODERS:
+            owner = node.func.value
+            if isinstance(owner, ast.Name) and owner.id in {"Image", "io", "torchvision"}:
+                lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == "torchvision.io":
+            if any(a.name in DECODERS for a in node.names):
+                lines.append(node.lineno)
+    return lines
+
+
+def test_only_the_image_reader_decodes_image_files() -> None:
+    """One set of rules for orientation, alpha, modes and truncation: every other module calls data.images."""
+    offenders = [
+        f"{path.relative_to(PACKAGE)}:{line}"
+        for path in _all_files()
+        if str(path.relative_to(PACKAGE)) != IMAGE_READER
+        for line in _decoder_calls(path.read_text())
+    ]
+    assert not offenders, f"image files opened outside {IMAGE_READER}: {offenders}"
+
+
+def test_the_decoder_checker_catches_a_violation() -> None:
+    source = "from PIL import Image\nwith Image.open(p) as im:\n    pass\nfrom torchvision.io import decode_jpeg\n"
+    assert sorted(_decoder_calls(source)) == [2, 4]
+    assert _decoder_calls("Image.new('RGB', (1, 1)).save(p)\nopen(p)\n") == []
 
 
 def test_the_checker_catches_a_violation() -> None:

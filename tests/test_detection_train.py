@@ -187,7 +187,7 @@ def test_detection_options_are_checked(tmp_path: Path, capsys) -> None:
                 "--set",
                 "ema_decay=0.99",
             ],
-            "does not use amp=True, label_smoothing=0.1, ema_decay=0.99: drop them",
+            "does not use label_smoothing=0.1, ema_decay=0.99, amp=True: drop them",
         ),
     ):
         code, _, err = cli(capsys, *args)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from resnetkit.cli.main import main
-from resnetkit.inference import predict_split
+from resnetkit.workflows.inference import predict_split
 
 from conftest import pin_precision, shared_data
 
@@ -234,13 +234,13 @@ def test_a_changed_training_folder_is_warned_about(folders: Folders, caplog, tmp
     extra = folders.own / "cat" / "added.jpg"
     shutil.copy(next((folders.other / "cat").iterdir()), extra)
     try:
-        with caplog.at_level(logging.WARNING, logger="resnetkit.inference"):
+        with caplog.at_level(logging.WARNING, logger="resnetkit.workflows.inference"):
             preds = predict_split(folders.run, "folder", str(folders.own), progress=False, compile=False)
     finally:
         extra.unlink()
     recorded = json.loads((folders.run / "run.json").read_text())["datasets"]["test"]["held_out"]
     assert preds.ids != recorded
-    [record] = [r for r in caplog.records if r.name == "resnetkit.inference"]
+    [record] = [r for r in caplog.records if r.name == "resnetkit.workflows.inference"]
     assert "were not held out in training" in record.getMessage()
 
 

@@ -15,7 +15,8 @@ from resnetkit.config import ConfigError, TrainConfig
 from resnetkit.data.factory import load_training_data
 from resnetkit.experiments import Curve, degradation_configs, findings
 from resnetkit.experiments.degradation import weighted_depth
-from resnetkit.explain.gradflow import measure_flow, record_activations, run_gradflow, units, write_gradflow
+from resnetkit.experiments.gradflow import run_gradflow, write_gradflow
+from resnetkit.explain.gradflow import measure_flow, record_activations, units
 from resnetkit.models import create_model
 from resnetkit.transforms import DataConfig
 

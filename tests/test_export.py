@@ -109,7 +109,7 @@ def test_eval_on_every_format_gives_the_checkpoints_top1(exported, cifar, capsys
 
 def test_predict_runs_every_format(exported, tmp_path, capsys) -> None:
     from resnetkit.data import load_sample
-    from resnetkit.data.export import write_example_images
+    from resnetkit.data.examples import write_example_images
 
     folder = write_example_images(load_sample("test"), tmp_path / "ex")
     tops = {}
@@ -318,7 +318,7 @@ def test_onnx_files_are_fed_nchw_batches_without_a_copy(exported, cifar, tmp_pat
     """ONNX Runtime takes NCHW arrays: evaluation and `predict` prepare their batches in that layout for an ONNX file
     (a channels_last batch would be copied back on every call) and channels_last for PyTorch models."""
     from resnetkit.data.datasets import ImageTensorDataset
-    from resnetkit.data.export import write_example_images
+    from resnetkit.data.examples import write_example_images
     from resnetkit.data.loader import BatchLoader
     from resnetkit.runtime import OnnxRuntimeModule, Predictor
 

@@ -14,11 +14,11 @@ from resnetkit.data import folder
 from resnetkit.data.datasets import ImageTensorDataset
 from resnetkit.data.folder import (
     list_image_files,
-    load_image,
     load_image_folder,
     load_image_folder_split,
     scan_image_folder,
 )
+from resnetkit.data.images import read_image
 from resnetkit.errors import DataError, ResnetkitError
 
 from conftest import shared_data
@@ -81,7 +81,7 @@ def test_every_mode_becomes_rgb_uint8(
     tmp_path: Path, name: str, make: Callable[[], Image.Image], want: tuple[int, int, int], tol: int
 ) -> None:
     path = _save(tmp_path / name, make())
-    image = load_image(path, 12)
+    image = read_image(path, size=12)
     assert image.dtype == torch.uint8 and image.shape == (3, 12, 12)
     assert _close(_pixel(image), want, tol), (Image.open(path).mode, _pixel(image), want)
     assert _close(_pixel(image, 0, 0), want, tol)
@@ -90,7 +90,7 @@ def test_every_mode_becomes_rgb_uint8(
 @pytest.mark.parametrize("extent", [(5, 3), (3000, 20), (20, 3000), (1, 1)])
 def test_any_size_is_resized_and_center_cropped(tmp_path: Path, extent: tuple[int, int]) -> None:
     path = _save(tmp_path / "strip.png", Image.new("RGB", extent, GREEN))
-    image = load_image(path, 16)
+    image = read_image(path, size=16)
     assert image.shape == (3, 16, 16)
     assert _pixel(image) == GREEN and _pixel(image, 0, 0) == GREEN and _pixel(image, 15, 15) == GREEN
 
@@ -98,7 +98,7 @@ def test_any_size_is_resized_and_center_cropped(tmp_path: Path, extent: tuple[in
 def test_center_crop_keeps_the_middle_of_the_long_side(tmp_path: Path) -> None:
     strip = Image.new("RGB", (30, 10), RED)
     strip.paste(Image.new("RGB", (10, 10), BLUE), (10, 0))  # only the middle third is blue
-    image = load_image(_save(tmp_path / "strip.png", strip), 10)
+    image = read_image(_save(tmp_path / "strip.png", strip), size=10)
     assert _pixel(image, 5, 1) == BLUE and _pixel(image, 5, 8) == BLUE
 
 
@@ -108,7 +108,7 @@ def test_exif_orientation_is_applied(tmp_path: Path) -> None:
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display": the left half becomes the top half
     path = _save(tmp_path / "rotated.jpg", landscape, exif=exif, quality=95)
-    image = load_image(path, 20)
+    image = read_image(path, size=20)
     assert _close(_pixel(image, 3, 10), RED, 12) and _close(_pixel(image, 16, 10), BLUE, 12)
 
 
@@ -122,7 +122,7 @@ def test_large_jpeg_is_decoded_in_draft_mode(tmp_path: Path, monkeypatch: pytest
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Image.Image, "resize", spy)
-    assert _close(_pixel(load_image(path, 32)), BLUE, 6)
+    assert _close(_pixel(read_image(path, size=32)), BLUE, 6)
     assert sizes == [(250, 188)]  # decoded at 1/8 scale: still at least 32 on both sides
 
 
@@ -131,7 +131,7 @@ def test_unreadable_file_raises_data_error_naming_it(tmp_path: Path, content: by
     path = tmp_path / "broken.jpg"
     path.write_bytes(content)
     with pytest.raises(DataError, match="broken.jpg"):
-        load_image(path, 8)
+        read_image(path, size=8)
     assert issubclass(DataError, ResnetkitError)
 
 
@@ -338,7 +338,7 @@ def test_folder_split_errors(tmp_path: Path) -> None:
 # Cache
 
 
-def _refuse_to_decode(path: object, size: int) -> torch.Tensor:
+def _refuse_to_decode(path: object, **how: object) -> torch.Tensor:
     raise AssertionError("decoded although the cache was valid")
 
 
@@ -348,7 +348,7 @@ def test_cache_round_trips_and_is_reused(tmp_path: Path, monkeypatch: pytest.Mon
     first = load_image_folder(root, size=8, cache_dir=cache, progress=False)
     [cache_file] = cache.iterdir()
     assert cache_file.name.startswith("folder-") and cache_file.suffix == ".pt"
-    monkeypatch.setattr(folder, "load_image", _refuse_to_decode)
+    monkeypatch.setattr(folder, "read_image", _refuse_to_decode)
     second = load_image_folder(root, size=8, cache_dir=cache, progress=False)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.info == b.info

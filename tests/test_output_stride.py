@@ -17,10 +17,10 @@ DILATE = {8: [False, True, True], 16: [False, False, True], 32: [False, False, F
 
 
 def _photo() -> torch.Tensor:
-    from resnetkit.data.folder import load_image
+    from resnetkit.data.images import read_image
 
     path = sorted((shared_data("cats_vs_dogs") / "val" / "dog").glob("*.jpg"))[0]
-    return ((load_image(path, 160).float() / 255 - 0.45) / 0.225).unsqueeze(0)
+    return ((read_image(path, size=160).float() / 255 - 0.45) / 0.225).unsqueeze(0)
 
 
 @pytest.mark.parametrize("output_stride", [8, 16, 32])

@@ -14,8 +14,8 @@ from PIL import Image
 
 from resnetkit.cli.exit_codes import EXIT_SOME_FILES_FAILED, EXIT_USER_ERROR
 from resnetkit.cli.main import main
-from resnetkit.data.folder import load_image
-from resnetkit.inference import predict_files
+from resnetkit.data.images import read_image
+from resnetkit.workflows.inference import predict_files
 
 from conftest import shared_data
 
@@ -154,7 +154,7 @@ def test_predict_exit_codes_when_all_or_none_of_the_files_fail(odd: Path, capsys
 )
 def test_exif_orientation_is_applied_as_the_user_sees_the_photo(tmp_path: Path, orientation, top, bottom) -> None:
     # 6: shown turned 90 degrees clockwise, so the stored left half is on top; 8: counter-clockwise
-    image = load_image(_save_rotated(tmp_path / "r.jpg", orientation), 32).permute(1, 2, 0).int()
+    image = read_image(_save_rotated(tmp_path / "r.jpg", orientation), size=32).permute(1, 2, 0).int()
     for rows, colour in ((slice(2, 12), top), (slice(20, 30), bottom)):
         assert (image[rows] - torch.tensor(colour)).abs().max() <= 8, (orientation, colour)
 

@@ -51,7 +51,7 @@ def test_shipped_weights_score_their_registered_top1_on_all_test_images(name: st
 
 def test_predict_with_a_weights_name(tmp_path, capsys) -> None:
     from resnetkit.data import load_sample
-    from resnetkit.data.export import write_example_images
+    from resnetkit.data.examples import write_example_images
 
     folder = write_example_images(load_sample("test"), tmp_path / "ex")
     assert main(["-q", "predict", "--checkpoint", "resnet20.rk_cifar10", str(folder), "--json"]) == 0

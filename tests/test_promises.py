@@ -17,13 +17,13 @@ import torch.nn.functional as F
 import resnetkit
 from resnetkit.cli.main import main
 from resnetkit.data import load_sample
-from resnetkit.data.export import write_example_images
+from resnetkit.data.examples import write_example_images
 from resnetkit.engine import runner
 from resnetkit.engine.loop import evaluate
-from resnetkit.inference import predict_split
 from resnetkit.transforms import DataConfig
 from resnetkit.weights import registry
 from resnetkit.weights.registry import SHIPPED, get_weights, list_weights
+from resnetkit.workflows.inference import predict_split
 
 import faults
 from conftest import pin_precision, shared_data

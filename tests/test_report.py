@@ -217,7 +217,7 @@ def test_eval_json_gains_per_class_quality_and_ece(run: Path, capsys) -> None:
     assert res["macro_f1"] == pytest.approx(sum(2 * cm[c][c] / (columns[c] + 50) for c in range(10)) / 10)
     # ECE with 15 equal-width bins (i/15, (i+1)/15], from the eager model's own probabilities
     from resnetkit.data.cifar import load_sample
-    from resnetkit.inference import load_for_inference
+    from resnetkit.workflows.inference import load_for_inference
 
     model, pre, _ = load_for_inference(run)
     data = load_sample("test")

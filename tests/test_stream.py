@@ -255,17 +255,17 @@ def test_adamw_trains_with_decoupled_weight_decay_and_no_decay_on_norms(tmp_path
 
 
 def test_big_jpegs_are_decoded_at_a_reduced_scale_that_still_covers_the_crop(tmp_path: Path) -> None:
-    from resnetkit.data.stream import read_photo
+    from resnetkit.data.images import read_image
 
     photo = sorted((shared_data("cats_vs_dogs") / "train" / "cat").glob("*.jpg"))[0]
     with Image.open(photo) as im:
         big = im.convert("RGB").resize((im.width * 4, im.height * 4))
     big.save(tmp_path / "big.jpg", quality=90)
     big.save(tmp_path / "big.png")
-    full, drafted = read_photo(tmp_path / "big.png", 224), read_photo(tmp_path / "big.jpg", 224)
+    full, drafted = read_image(tmp_path / "big.png", draft_side=224), read_image(tmp_path / "big.jpg", draft_side=224)
     assert full.shape[1:] == (big.height, big.width) and full.dtype == torch.uint8
     assert 224 <= min(drafted.shape[1:]) < big.height // 2  # DCT scaling skipped most of the decode
-    small = read_photo(photo, 224)  # the photo itself: full size, through libjpeg-turbo
+    small = read_image(photo, draft_side=224)  # the photo itself: full size, through libjpeg-turbo
     with Image.open(photo) as im:
         assert small.shape[1:] == (im.height, im.width)
 
@@ -299,17 +299,17 @@ def test_bench_data_times_both_pipelines(folder: Path, capsys) -> None:
 def test_photos_are_read_as_the_in_memory_loader_reads_them(tmp_path: Path) -> None:
     import numpy as np
 
-    from resnetkit.data.stream import read_photo
+    from resnetkit.data.images import read_image
 
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
     Image.new("RGB", (60, 40), (200, 30, 30)).save(tmp_path / "rotated.jpg", exif=exif)
-    assert read_photo(tmp_path / "rotated.jpg", 32).shape == (3, 60, 40)  # as displayed: 40 wide, 60 high
+    assert read_image(tmp_path / "rotated.jpg", draft_side=32).shape == (3, 60, 40)  # as displayed: 40 wide, 60 high
     rgba = np.zeros((20, 20, 4), dtype=np.uint8)  # fully transparent black
     Image.fromarray(rgba, "RGBA").save(tmp_path / "clear.png")
-    assert read_photo(tmp_path / "clear.png", 16).unique().tolist() == [255]  # composited onto white
+    assert read_image(tmp_path / "clear.png", draft_side=16).unique().tolist() == [255]  # composited onto white
     Image.fromarray(np.full((20, 20), 65535, dtype=np.uint16)).save(tmp_path / "deep.png")
-    assert read_photo(tmp_path / "deep.png", 16).unique().tolist() == [255]  # 16-bit white is 8-bit white
+    assert read_image(tmp_path / "deep.png", draft_side=16).unique().tolist() == [255]  # 16-bit white is 8-bit white
 
 
 @pytest.mark.parametrize("split", ["val", "all", "train"])
@@ -353,7 +353,7 @@ def test_eval_streams_a_folder_and_leaves_out_unreadable_files(
     out = capsys.readouterr()
     result = json.loads(out.out.strip().splitlines()[-1])
     assert result["n"] == 63 and result["split"] == "all" and bad.name in out.err
-    from resnetkit.inference import predict_split
+    from resnetkit.workflows.inference import predict_split
 
     preds = predict_split(run, "folder", str(broken), split="val", data_mode="stream", workers=0, progress=False)
     assert len(preds.ids) == len(preds.labels) == 15 and bad.relative_to(broken).as_posix() not in preds.ids

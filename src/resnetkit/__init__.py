@@ -4,11 +4,11 @@ from resnetkit.config import TrainConfig
 from resnetkit.constants import VERSION
 from resnetkit.engine.runner import RunResult, run_training
 from resnetkit.errors import DataError, ResnetkitError, UnknownModelError, WeightsError
-from resnetkit.inference import evaluate_checkpoint, predict_files
 from resnetkit.models import FeatureExtractor, ResNet, count_macs, count_parameters, create_model, list_models
 from resnetkit.runtime import Predictor
 from resnetkit.transforms import DataConfig
 from resnetkit.weights import read_state_dict, save_state_dict
+from resnetkit.workflows.inference import evaluate_checkpoint, predict_files
 
 __version__ = VERSION
 

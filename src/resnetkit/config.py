@@ -12,39 +12,6 @@ from resnetkit.errors import ResnetkitError
 
 DATA_CHOICES = ("sample", "cifar10", "cifar100", "folder", "coco")
 TASKS = ("classification", "detection")
-# the fields a detection run would silently ignore (classification's data pipeline, regularisers, distillation,
-# EMA, precision and compile choices): set to anything but their default, they are a one-line error
-DETECTION_IGNORES = frozenset(
-    {
-        "backbone_lr_mult",
-        "freeze_bn",
-        "teacher",
-        "kd_temperature",
-        "kd_weight",
-        "download",
-        "train_img_size",
-        "eval_resize",
-        "val_size",
-        "val_fraction",
-        "augment",
-        "rrc_scale",
-        "cutout",
-        "augment_policy",
-        "random_erasing",
-        "data_mode",
-        "memory_budget_gb",
-        "mixup",
-        "cutmix",
-        "label_smoothing",
-        "ema_decay",
-        "ema_every",
-        "amp_dtype",
-        "compile",
-        "early_stopping",
-        "checkpoint_every",
-        "strict",
-    }
-)
 # detectors `train --task detection` fine-tunes (boxes only: no masks or keypoints in the COCO reader yet)
 TRAINABLE_DETECTORS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "retinanet_v2")
 SCHEDULES = ("paper", "cosine", "onecycle", "constant")
@@ -56,6 +23,47 @@ DTYPES = ("float32", "float64")
 DATA_MODES = ("auto", "memory", "stream")
 AUGMENT_POLICIES = ("none", "trivial", "rand", "auto")
 
+# TrainConfig's fields by concern. Each task declares the groups it uses; a field of another group set to anything
+# but its default is a one-line error for that task (it would be ignored).
+GROUPS = {
+    "model": "the network (for detection: the backbone and detector) and the weights it starts from",
+    "finetune": "how pretrained weights are fine-tuned (strategy, backbone lr)",
+    "distillation": "a teacher's soft targets (Hinton et al.)",
+    "data": "which images, how many, how large, how many decoding processes",
+    "image_data": "classification's image pipeline: download, held-out split, memory or streaming, FixRes",
+    "regularisation": "augmentation, mixing, label smoothing, weight EMA",
+    "normalisation": "BatchNorm statistics: frozen, or synchronised over processes",
+    "optimisation": "optimiser, schedule, epochs and steps, early stopping",
+    "precision": "autocast, weight dtype, torch.compile",
+    "run": "seed, device, threads, run folder, checkpoints, progress, torchrun's timeout",
+}
+TASK_GROUPS = {
+    "classification": frozenset(GROUPS),
+    "detection": frozenset({"model", "data", "optimisation", "run"}),
+}
+# what a task does itself, accepted though its group is unused: detection trains in float32 (--no-amp says so)
+TASK_ACCEPTS: dict[str, dict[str, Any]] = {"detection": {"amp": False}}
+
+
+def _setting(
+    default: Any = None,
+    *,
+    group: str,
+    help: str = "",
+    flag: bool | str = False,
+    no_flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    scope: str = "run",
+    factory: Any = None,
+) -> Any:
+    """A TrainConfig field with its one declaration: its group, its help, its choices (checked by `validate`) and
+    its CLI flags (`flag`: True for --the-name, or the flag's own name; `no_flag` sets a bool False). `scope`: the
+    commands that take the flag ("run": train, finetune, distill and prune; "finetune": finetune only)."""
+    meta = {"group": group, "help": help, "flag": flag, "no_flag": no_flag, "choices": choices, "scope": scope}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 class ConfigError(ResnetkitError):
     """A recipe or flag that names an unknown key or an impossible value."""
@@ -63,94 +71,200 @@ class ConfigError(ResnetkitError):
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on; saved beside the run as config.yaml and inside checkpoints."""
+    """Everything a training run depends on; saved beside the run as config.yaml and inside checkpoints. Flat on
+    disk (recipes and checkpoints name fields directly); grouped by concern in each field's declaration."""
 
     # model
-    task: str = "classification"  # or "detection": `model` is the backbone of `detector`, data is COCO-format
-    detector: str = "fasterrcnn"
-    model: str = "resnet20"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    weights: str | None = None  # fine-tuning: a registered name, a file or a URL (the head is replaced)
-    finetune: str = "full"  # full | linear (frozen backbone) | last (the last `trainable_stages` stages)
-    trainable_stages: int = 1
-    backbone_lr_mult: float = 1.0  # full fine-tuning: the backbone's lr is lr x this
-    freeze_bn: bool = False  # keep the pretrained BatchNorm statistics (frozen layers always keep theirs)
+    task: str = _setting(
+        "classification",
+        group="model",
+        flag=True,
+        choices=TASKS,
+        help="classification, or detection: `model` is the backbone of `detector`, data COCO-format",
+    )
+    detector: str = _setting(
+        "fasterrcnn",
+        group="model",
+        flag=True,
+        choices=TRAINABLE_DETECTORS,
+        help="--task detection: the torchvision detector",
+    )
+    model: str = _setting("resnet20", group="model", flag=True, help="a registered architecture (resnetkit models)")
+    model_kwargs: dict[str, Any] = _setting(group="model", factory=dict, help="keyword arguments of the model")
+    weights: str | None = _setting(group="model", help="start from these weights (registered name, file or URL)")
+    # fine-tuning (the head is replaced)
+    finetune: str = _setting(
+        "full",
+        group="finetune",
+        flag="--strategy",
+        choices=FINETUNE_STRATEGIES,
+        scope="finetune",
+        help="full (lower backbone lr), linear (frozen backbone), last (last N stages)",
+    )
+    trainable_stages: int = _setting(
+        1, group="finetune", flag="--stages", scope="finetune", help="N for --strategy last"
+    )
+    backbone_lr_mult: float = _setting(
+        1.0, group="finetune", flag=True, scope="finetune", help="full fine-tuning: the backbone's lr is lr x this"
+    )
     # knowledge distillation: a teacher (checkpoint, run folder or registered weights) and Hinton's soft targets
-    teacher: str | None = None
-    kd_temperature: float = 4.0
-    kd_weight: float = 0.9  # loss = (1 - kd_weight) x cross-entropy + kd_weight x T^2 x KL(teacher || student)
+    teacher: str | None = _setting(
+        group="distillation",
+        flag=True,
+        help="checkpoint, run folder or registered weights whose soft targets join the loss",
+    )
+    kd_temperature: float = _setting(4.0, group="distillation", flag=True, help="softmax temperature T")
+    kd_weight: float = _setting(
+        0.9, group="distillation", flag=True, help="loss = (1 - w) x cross-entropy + w x T^2 x KL(teacher || student)"
+    )
     # data
-    data: str = "sample"
-    data_dir: str | None = None
-    download: bool = False
-    img_size: int | None = None  # None: the model's default input size (the evaluation input)
-    train_img_size: int | None = None  # FixRes: training crops of this side (torchvision's V2 recipe: 176 for 224)
-    eval_resize: int | None = None  # evaluation: short side resized to this, then center crop img_size (232 -> 224)
-    val_size: int = 0  # images held out of the training set for validation (5000 = the paper's 45k/5k split)
-    val_fraction: float = 0.1  # image folders without a val/ folder
-    train_subset: int | None = None
-    test_subset: int | None = None  # images of the held-out set evaluated each epoch (a fixed draw); None: all
-    augment: str = "auto"
-    rrc_scale: tuple[float, float] = (0.08, 1.0)
-    cutout: int = 0
-    augment_policy: str = "none"  # streamed folders: none | trivial (TrivialAugment) | rand (RandAugment) | auto
-    random_erasing: float = 0.0  # streamed folders: probability of erasing a random rectangle (Zhong et al.)
-    # image folders: "memory" decodes once into RAM; "stream" reads from disk each epoch (DataLoader workers);
-    # "auto" streams when the decoded images would need more than memory_budget_gb
-    data_mode: str = "auto"
-    memory_budget_gb: float = 4.0
-    workers: int | None = None  # streaming's decoding processes (None: the CPU count, at most 8; 0: in-process)
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    label_smoothing: float = 0.0
+    data: str = _setting("sample", group="data", flag=True, choices=DATA_CHOICES, help="the dataset")
+    data_dir: str | None = _setting(group="data", flag=True, help="where the dataset's files are")
+    img_size: int | None = _setting(
+        group="data", flag=True, help="input side (default: the model's evaluation input; detection: 800)"
+    )
+    train_subset: int | None = _setting(group="data", flag=True, help="train on the first N images")
+    test_subset: int | None = _setting(
+        group="data", flag=True, help="images of the held-out set evaluated each epoch (a fixed draw; default all)"
+    )
+    workers: int | None = _setting(
+        group="data", flag=True, help="decoding processes (default: the CPU count, at most 8; 0: in-process)"
+    )
+    download: bool = _setting(False, group="image_data", flag=True, help="fetch CIFAR if the folder is empty")
+    train_img_size: int | None = _setting(
+        group="image_data", help="FixRes: training crops of this side (torchvision's V2 recipe: 176 for 224)"
+    )
+    eval_resize: int | None = _setting(
+        group="image_data", help="evaluation: short side resized to this, then center crop img_size (232 -> 224)"
+    )
+    val_size: int = _setting(
+        0,
+        group="image_data",
+        flag=True,
+        help="images held out of the training set for validation (5000: the paper's 45k/5k)",
+    )
+    val_fraction: float = _setting(0.1, group="image_data", help="image folders without a val/ folder")
+    data_mode: str = _setting(
+        "auto",
+        group="image_data",
+        flag=True,
+        choices=DATA_MODES,
+        help="image folders: memory (decode once) or stream (read each epoch); "
+        "auto: stream when the decoded images would exceed memory_budget_gb",
+    )
+    memory_budget_gb: float = _setting(4.0, group="image_data", help="data_mode auto's limit")
+    strict: bool = _setting(False, group="image_data", flag=True, help="unreadable images are errors, not warnings")
+    # regularisation
+    augment: str = _setting(
+        "auto",
+        group="regularisation",
+        choices=AUGMENTS,
+        help="training augmentation; auto: the model's preset (cifar: pad-crop-flip, imagenet: RRC)",
+    )
+    rrc_scale: tuple[float, float] = _setting(
+        (0.08, 1.0), group="regularisation", help="RandomResizedCrop's area range"
+    )
+    cutout: int = _setting(0, group="regularisation", help="side of the square Cutout erases (0: off)")
+    augment_policy: str = _setting(
+        "none",
+        group="regularisation",
+        choices=AUGMENT_POLICIES,
+        help="streamed folders: trivial (TrivialAugment), rand (RandAugment) or auto",
+    )
+    random_erasing: float = _setting(
+        0.0, group="regularisation", help="streamed folders: probability of erasing a random rectangle (Zhong et al.)"
+    )
+    mixup: float = _setting(0.0, group="regularisation", help="mixup's Beta alpha (0: off)")
+    cutmix: float = _setting(0.0, group="regularisation", help="CutMix's Beta alpha (0: off)")
+    label_smoothing: float = _setting(0.0, group="regularisation", flag=True, help="cross-entropy label smoothing")
+    ema_decay: float = _setting(
+        0.0, group="regularisation", help="weight EMA per update (0: off); evaluated, checkpointed, used by eval/export"
+    )
+    ema_every: int = _setting(1, group="regularisation", help="optimisation steps between EMA updates")
+    freeze_bn: bool = _setting(
+        False,
+        group="normalisation",
+        flag=True,
+        scope="finetune",
+        help="keep the pretrained BatchNorm statistics (frozen layers always keep theirs)",
+    )
+    sync_bn: bool = _setting(
+        False,
+        group="normalisation",
+        flag=True,
+        help="torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)",
+    )
     # optimisation
-    epochs: int = 10
-    max_steps: int | None = None
-    batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adamw (momentum is AdamW's beta1)
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 1e-4
-    no_decay_bn_bias: bool = False
-    schedule: str = "cosine"
-    milestones: tuple[float, ...] = (0.5, 0.75)  # "paper": fractions of all steps (32k and 48k of 64k)
-    warmup_steps: int = 0
-    warmup_epochs: float = 0.0
-    warmup_constant_factor: float | None = None  # the paper's ResNet-110 warm-up: 0.1 x lr, then the full lr
-    grad_clip: float | None = None
-    ema_decay: float = 0.0  # weight EMA per update (0: off); evaluated, checkpointed, used by eval/predict/export
-    ema_every: int = 1  # optimisation steps between EMA updates
-    amp: bool | None = None  # bf16/fp16 autocast; None: bf16 on a CPU where it measured faster (engine.device)
-    amp_dtype: str = "auto"  # auto: bf16 where the device has it, else fp16 (with a loss scaler); or bfloat16/float16
-    dtype: str = "float32"  # of the weights and batches; float64 checks numerics (N processes = 1 process), slowly
-    compile: bool | None = None  # torch.compile the training step; None: on CUDA for long runs (slower on CPU here)
-    early_stopping: int = 0  # patience in evaluations without a better validation top-1 (0: off)
+    epochs: int = _setting(10, group="optimisation", flag=True)
+    max_steps: int | None = _setting(group="optimisation", flag=True, help="stop after this many steps")
+    batch_size: int = _setting(128, group="optimisation", flag=True, help="the global batch (torchrun: split evenly)")
+    optimizer: str = _setting("sgd", group="optimisation", choices=OPTIMIZERS, help="adamw: momentum is its beta1")
+    lr: float = _setting(0.1, group="optimisation", flag=True)
+    momentum: float = _setting(0.9, group="optimisation")
+    nesterov: bool = _setting(False, group="optimisation")
+    weight_decay: float = _setting(1e-4, group="optimisation", flag=True)
+    no_decay_bn_bias: bool = _setting(False, group="optimisation", help="no weight decay on BatchNorm and biases")
+    schedule: str = _setting(
+        "cosine", group="optimisation", flag=True, choices=SCHEDULES, help="paper: x0.1 at the milestones"
+    )
+    milestones: tuple[float, ...] = _setting(
+        (0.5, 0.75), group="optimisation", help='"paper": fractions of all steps (32k and 48k of 64k)'
+    )
+    warmup_steps: int = _setting(0, group="optimisation")
+    warmup_epochs: float = _setting(0.0, group="optimisation")
+    warmup_constant_factor: float | None = _setting(
+        group="optimisation", help="the paper's ResNet-110 warm-up: 0.1 x lr, then the full lr"
+    )
+    grad_clip: float | None = _setting(group="optimisation", help="clip the gradients' norm to this")
+    early_stopping: int = _setting(
+        0, group="optimisation", flag=True, help="patience in evaluations without a better validation score (0: off)"
+    )
+    # precision
+    amp: bool | None = _setting(
+        group="precision",
+        flag=True,
+        no_flag="--no-amp",
+        help="bf16/fp16 autocast (default: bf16 on a CPU where it measured faster than fp32)",
+    )
+    amp_dtype: str = _setting(
+        "auto",
+        group="precision",
+        flag=True,
+        choices=AMP_DTYPES,
+        help="auto: bf16 where the device has it, else fp16 (with a loss scaler)",
+    )
+    dtype: str = _setting(
+        "float32",
+        group="precision",
+        choices=DTYPES,
+        help="of the weights and batches; float64 checks numerics (N processes = 1), slowly",
+    )
+    compile: bool | None = _setting(
+        group="precision",
+        flag=True,
+        no_flag="--no-compile",
+        help="torch.compile the training step (default: on CUDA for long runs)",
+    )
     # run
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None
-    out: str | None = None
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints (0: epoch ends only)
-    # distributed (torchrun): batch_size is the global batch, split evenly over the processes
-    sync_bn: bool = False  # BatchNorm statistics over the global batch (SyncBatchNorm) instead of each process's
-    dist_timeout: float = 300.0  # seconds to join the process group / wait in one collective before failing
-    progress: bool = True
-    strict: bool = False  # image folders: unreadable files are errors, not warnings
+    seed: int = _setting(0, group="run", flag=True)
+    device: str = _setting("auto", group="run", flag=True, help="cpu, cuda, cuda:N; auto: CUDA when present")
+    threads: int | None = _setting(group="run", flag=True, help="torch's CPU threads")
+    out: str | None = _setting(group="run", flag=True, help="the run folder (default: runs/<model>-<data>-<time>)")
+    checkpoint_every: int = _setting(
+        0, group="run", flag=True, help="steps between mid-epoch checkpoints (0: epoch ends only)"
+    )
+    dist_timeout: float = _setting(
+        300.0, group="run", help="seconds to join the process group / wait in one collective before failing"
+    )
+    progress: bool = _setting(True, group="run", no_flag="--no-progress", help="progress bars")
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
-        _choice("data", self.data, DATA_CHOICES)
-        _choice("schedule", self.schedule, SCHEDULES)
-        _choice("augment", self.augment, AUGMENTS)
-        _choice("amp_dtype", self.amp_dtype, AMP_DTYPES)
-        _choice("dtype", self.dtype, DTYPES)
-        _choice("data_mode", self.data_mode, DATA_MODES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
-        _choice("augment_policy", self.augment_policy, AUGMENT_POLICIES)
-        _choice("task", self.task, TASKS)
+        for f in fields(self):
+            if f.metadata["choices"]:
+                _choice(f.name, getattr(self, f.name), f.metadata["choices"])
         self._validate_task()
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"workers must be 0 (decode in the training process) or more, got {self.workers}")
@@ -174,7 +288,6 @@ class TrainConfig:
             raise ConfigError(f"dist_timeout must be positive seconds, got {self.dist_timeout}")
         if self.data == "folder" and not self.data_dir:
             raise ConfigError("--data folder needs --data-dir (a folder with train/ and val/, or class folders)")
-        _choice("finetune", self.finetune, FINETUNE_STRATEGIES)
         if self.finetune != "full" and not self.weights:
             raise ConfigError(f"--strategy {self.finetune} needs --weights (what would stay frozen is random)")
         if self.kd_temperature <= 0 or not 0.0 <= self.kd_weight <= 1.0:
@@ -185,21 +298,39 @@ class TrainConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
     def _validate_task(self) -> None:
-        if self.task == "detection":
-            _choice("detector", self.detector, TRAINABLE_DETECTORS)
-            if self.data != "coco" or not self.data_dir:
-                raise ConfigError("--task detection trains on COCO-format data: --data coco --data-dir DIR")
-            defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name in DETECTION_IGNORES}
-            changed = [name for name, default in defaults.items() if getattr(self, name) != default]
-            if self.amp:  # --no-amp says what detection does
-                changed.insert(0, "amp")
-            if changed:
-                shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in changed)
-                them = "them" if len(changed) > 1 else "it"
-                why = "detection trains in float32 with its own augmentation"
-                raise ConfigError(f"--task detection does not use {shown}: drop {them} ({why})")
-        elif self.data == "coco":
+        if self.task == "detection" and (self.data != "coco" or not self.data_dir):
+            raise ConfigError("--task detection trains on COCO-format data: --data coco --data-dir DIR")
+        if self.task != "detection" and self.data == "coco":
             raise ConfigError("--data coco holds boxes: train a detector on it with --task detection")
+        ignored = self.ignored_by_task()
+        if ignored:
+            shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in ignored)
+            groups = ", ".join(sorted(TASK_GROUPS[self.task]))
+            them = "them" if len(ignored) > 1 else "it"
+            raise ConfigError(f"--task {self.task} does not use {shown}: drop {them} (it uses the {groups} settings)")
+
+    def ignored_by_task(self) -> list[str]:
+        """The fields set to anything but their default that the task does not use (their group is not its)."""
+        used, accepts = TASK_GROUPS[self.task], TASK_ACCEPTS.get(self.task, {})
+        return [
+            f.name
+            for f in fields(self)
+            if f.metadata["group"] not in used
+            and getattr(self, f.name) != _default(f)
+            and (f.name not in accepts or getattr(self, f.name) != accepts[f.name])
+        ]
+
+    @classmethod
+    def merged(
+        cls,
+        recipe: str | Path | None = None,
+        defaults: dict[str, Any] | None = None,
+        overrides: dict[str, Any] | None = None,
+    ) -> TrainConfig:
+        """The one merge every training command makes, later sources winning: the command's own defaults, the YAML
+        recipe (a file or a shipped recipe's name), then the flags and --set pairs."""
+        values = {**(defaults or {}), **(load_yaml(recipe) if recipe else {}), **(overrides or {})}
+        return cls.from_dict(values, source=str(recipe) if recipe else "flags")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
@@ -223,6 +354,22 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return TrainConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def settings_of(group: str) -> list[str]:
+    """The TrainConfig fields of one group (GROUPS)."""
+    return [f.name for f in fields(TrainConfig) if f.metadata["group"] == group]
+
+
+def flag_settings(scope: str) -> list[dataclasses.Field[Any]]:
+    """The TrainConfig fields that have CLI flags in `scope` ("run" or "finetune"), in declaration order."""
+    return [
+        f for f in fields(TrainConfig) if f.metadata["scope"] == scope and (f.metadata["flag"] or f.metadata["no_flag"])
+    ]
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

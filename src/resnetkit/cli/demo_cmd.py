@@ -14,19 +14,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetkit.config import TrainConfig, load_yaml
+    from resnetkit.config import TrainConfig
     from resnetkit.data.cifar import load_sample
-    from resnetkit.data.export import write_example_images
+    from resnetkit.data.examples import write_example_images
     from resnetkit.engine.runner import run_training
-    from resnetkit.inference import evaluate_checkpoint, predict_files
+    from resnetkit.workflows.inference import evaluate_checkpoint, predict_files
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    values = {**load_yaml("sample_quick"), "out": str(out)}
-    if args.epochs:
-        values["epochs"] = args.epochs
+    overrides = {"out": str(out)} | ({"epochs": args.epochs} if args.epochs else {})
     print(f"1/3 train   $ resnetkit train --config sample_quick --out {out}")
     t0 = time.perf_counter()
-    result = run_training(TrainConfig.from_dict(values, source="sample_quick"))
+    result = run_training(TrainConfig.merged("sample_quick", overrides=overrides))
     print(f"    {result.steps} steps in {(time.perf_counter() - t0) / 60:.1f} min -> {out}/checkpoints/last.pt")
     print(f"2/3 eval    $ resnetkit eval --checkpoint {out} --data sample")
     res = evaluate_checkpoint(out, "sample", progress=False)

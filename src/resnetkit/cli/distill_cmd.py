@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from resnetkit.cli import train_cmd
-from resnetkit.config import ConfigError, load_yaml
+from resnetkit.config import ConfigError, TrainConfig
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -14,7 +14,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    recipe = load_yaml(args.config) if args.config else {}
-    if not (args.teacher or recipe.get("teacher") or train_cmd.parse_set_pairs(args.set).get("teacher") or args.resume):
+    if not args.resume and not TrainConfig.merged(args.config, None, train_cmd.collect_overrides(args)).teacher:
         raise ConfigError("distill needs --teacher (a checkpoint, run folder or registered weights name)")
     return train_cmd.run(args)

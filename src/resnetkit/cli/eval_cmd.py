@@ -45,7 +45,7 @@ def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetkit.inference import evaluate_checkpoint
+    from resnetkit.workflows.inference import evaluate_checkpoint
 
     res = evaluate_checkpoint(
         args.checkpoint,

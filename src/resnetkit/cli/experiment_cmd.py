@@ -94,7 +94,8 @@ def _degradation(args: argparse.Namespace) -> int:
 
 def _gradflow(args: argparse.Namespace) -> int:
     from resnetkit.config import ConfigError
-    from resnetkit.explain.gradflow import DEFAULT_MODELS, first_to_last_ratio, run_gradflow, write_gradflow
+    from resnetkit.experiments.gradflow import DEFAULT_MODELS, run_gradflow, write_gradflow
+    from resnetkit.explain.gradflow import first_to_last_ratio
 
     try:
         steps = [int(s) for s in args.steps.split(",") if s.strip()]

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     --strict."""
     from resnetkit.cli.exit_codes import warn_file_errors
     from resnetkit.explain.images import explain_files
-    from resnetkit.inference import load_for_inference
+    from resnetkit.workflows.inference import load_for_inference
 
     model, pre, classes = load_for_inference(args.checkpoint, exported_ok=False)  # Grad-CAM needs gradients
     records = explain_files(

@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetkit.deploy import export_checkpoint
+    from resnetkit.workflows.deploy import export_checkpoint
 
     meta = export_checkpoint(
         args.checkpoint,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from resnetkit.cli import train_cmd
-from resnetkit.config import FINETUNE_STRATEGIES
 
 # A fine-tuning run's defaults (any of them can be overridden by --config or flags).
 DEFAULTS = {
@@ -26,16 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("finetune", help="fine-tune pretrained weights on your own image folder")
     train_cmd.add_run_arguments(p)
     p.add_argument("--weights", dest="weights", required=True, help="registered name, file or URL")
-    p.add_argument(
-        "--strategy",
-        dest="finetune",
-        choices=FINETUNE_STRATEGIES,
-        default=None,
-        help="full (lower backbone lr), linear (frozen backbone), last (last N stages)",
-    )
-    p.add_argument("--stages", dest="trainable_stages", type=int, default=None, help="N for --strategy last")
-    p.add_argument("--backbone-lr-mult", dest="backbone_lr_mult", type=float, default=None)
-    p.add_argument("--freeze-bn", dest="freeze_bn", action="store_true", default=None)
+    train_cmd.add_config_flags(p, "finetune")  # --strategy, --stages, --backbone-lr-mult, --freeze-bn
 
 
 def run(args: argparse.Namespace) -> int:

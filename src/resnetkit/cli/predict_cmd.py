@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every file was predicted, 3 when some could not be read (a warning line each), 2 on --strict."""
     from resnetkit.cli.exit_codes import warn_file_errors
-    from resnetkit.inference import predict_files
+    from resnetkit.workflows.inference import predict_files
 
     results = predict_files(args.checkpoint, args.images, topk=args.topk, strict=args.strict)
     if args.json:

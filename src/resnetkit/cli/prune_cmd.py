@@ -6,7 +6,7 @@ import argparse
 import time
 
 from resnetkit.cli import train_cmd
-from resnetkit.config import ConfigError, TrainConfig, load_yaml
+from resnetkit.config import ConfigError, TrainConfig
 
 # Fine-tuning a pruned network: a tenth of a from-scratch learning rate, cosine to zero (train's flags override).
 DEFAULTS = {"lr": 0.01, "epochs": 10, "schedule": "cosine"}
@@ -24,13 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 def run(args: argparse.Namespace) -> int:
     from resnetkit.distributed import launched_rank
-    from resnetkit.pruning import prune_and_finetune
+    from resnetkit.workflows.pruning import prune_and_finetune
 
     if args.resume:
         raise ConfigError(f"a pruning run continues as a training run: resnetkit train --resume {args.resume}")
-    values = load_yaml(args.config) if args.config else {}
-    overrides = train_cmd.collect_overrides(args)
-    cfg = TrainConfig.from_dict({**DEFAULTS, **values, **overrides}, source=args.config or "flags")
+    cfg = TrainConfig.merged(args.config, DEFAULTS, train_cmd.collect_overrides(args))
     t0 = time.perf_counter()
     pruned, result = prune_and_finetune(args.checkpoint, args.target_macs, args.method, cfg, seed=cfg.seed)
     if launched_rank() != 0:

@@ -35,8 +35,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from resnetkit.inference import predict_split
     from resnetkit.report import report_from
+    from resnetkit.workflows.inference import predict_split
 
     predict = partial(
         predict_split,

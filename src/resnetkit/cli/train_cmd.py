@@ -4,50 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from resnetkit.config import ConfigError, TrainConfig, load_yaml
+from resnetkit.config import ConfigError, TrainConfig, flag_settings
 from resnetkit.distributed import launched_rank
 
 if TYPE_CHECKING:
     from resnetkit.engine.runner import RunResult
-
-# flag -> config key, for the flags users and benchmarks need most (any key: --set KEY=VALUE)
-FLAGS: dict[str, tuple[str, type]] = {
-    "--task": ("task", str),
-    "--detector": ("detector", str),
-    "--model": ("model", str),
-    "--data": ("data", str),
-    "--data-dir": ("data_dir", str),
-    "--epochs": ("epochs", int),
-    "--batch-size": ("batch_size", int),
-    "--lr": ("lr", float),
-    "--max-steps": ("max_steps", int),
-    "--train-subset": ("train_subset", int),
-    "--test-subset": ("test_subset", int),
-    "--seed": ("seed", int),
-    "--device": ("device", str),
-    "--out": ("out", str),
-    "--img-size": ("img_size", int),
-    "--val-size": ("val_size", int),
-    "--schedule": ("schedule", str),
-    "--weight-decay": ("weight_decay", float),
-    "--label-smoothing": ("label_smoothing", float),
-    "--threads": ("threads", int),
-    "--checkpoint-every": ("checkpoint_every", int),
-    "--early-stopping": ("early_stopping", int),
-    "--amp-dtype": ("amp_dtype", str),
-    "--data-mode": ("data_mode", str),
-    "--workers": ("workers", int),
-    "--teacher": ("teacher", str),
-    "--kd-temperature": ("kd_temperature", float),
-    "--kd-weight": ("kd_weight", float),
-}
-
-
-FINETUNE_KEYS = ("weights", "finetune", "trainable_stages", "backbone_lr_mult", "freeze_bn")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -62,34 +28,42 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
-    """The flags shared by `train` and `finetune`."""
+    """The flags shared by `train`, `finetune`, `distill` and `prune`: the run's config flags, generated from
+    TrainConfig's declarations, then --config, --set and --resume."""
     p.add_argument("--config", help="YAML recipe (see configs/); flags given here override it")
-    for flag, (key, kind) in FLAGS.items():
-        p.add_argument(flag, dest=key, type=kind, default=None, metavar=key.upper())
-    p.add_argument("--download", action="store_true", default=None, help="fetch CIFAR if the folder is empty")
-    p.add_argument(
-        "--amp",
-        action="store_true",
-        default=None,
-        help="bf16/fp16 autocast (default: bf16 on a CPU where it measured faster than fp32)",
-    )
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="train in fp32")
-    p.add_argument("--strict", action="store_true", default=None, help="unreadable images are errors")
-    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
-    p.add_argument("--compile", dest="compile", action="store_true", default=None, help="torch.compile (default: auto)")
-    p.add_argument(
-        "--sync-bn", dest="sync_bn", action="store_true", default=None, help="torchrun: BatchNorm over the global batch"
-    )
-    p.add_argument("--no-compile", dest="compile", action="store_false")
+    add_config_flags(p, "run")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key (YAML value)")
     p.add_argument("--resume", metavar="RUN", help="continue the run in this folder (or checkpoint file)")
 
 
+def add_config_flags(p: argparse.ArgumentParser, scope: str) -> None:
+    """One flag per TrainConfig field of `scope` that declares one (config._setting): its name, type, help and
+    choices come from the declaration. Every default is None ("not given"): the recipe or the config's default
+    applies. Choices are checked by TrainConfig (a one-line error), not by argparse."""
+    for f in flag_settings(scope):
+        meta = f.metadata
+        flag = meta["flag"] if isinstance(meta["flag"], str) else "--" + f.name.replace("_", "-")
+        help = meta["help"] + (f" (one of {', '.join(meta['choices'])})" if meta["choices"] else "")
+        kind = _flag_type(str(f.type))
+        if kind is bool:
+            if meta["flag"]:
+                p.add_argument(flag, dest=f.name, action="store_true", default=None, help=help)
+            if meta["no_flag"]:
+                no_help = f"not {flag}" if meta["flag"] else help
+                p.add_argument(meta["no_flag"], dest=f.name, action="store_false", default=None, help=no_help)
+        else:
+            p.add_argument(flag, dest=f.name, type=kind, default=None, metavar=f.name.upper(), help=help)
+
+
+def _flag_type(annotation: str) -> type:
+    """The flag's type from the field's annotation ("int | None" -> int)."""
+    kinds = {"bool": bool, "int": int, "float": float, "str": str}
+    return kinds[annotation.split("|")[0].strip()]
+
+
 def collect_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """Flags the user gave (None means "not given"), then --set pairs parsed as YAML values."""
-    keys = [key for key, _ in FLAGS.values()] + ["download", "amp", "strict", "progress", "compile", "sync_bn"]
-    keys += [k for k in FINETUNE_KEYS if hasattr(args, k)]
-    values = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    """Config fields the user gave as flags (None means "not given"), then --set pairs parsed as YAML values."""
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
     return {**values, **parse_set_pairs(args.set)}
 
 
@@ -112,8 +86,7 @@ def run(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> int
             raise ConfigError("--resume continues a run with its own recipe; drop --config")
         result = _runner(_checkpoint_task(args.resume))(TrainConfig(), resume=args.resume, overrides=overrides)
     else:
-        values = load_yaml(args.config) if args.config else {}
-        cfg = TrainConfig.from_dict({**(defaults or {}), **values, **overrides}, source=args.config or "flags")
+        cfg = TrainConfig.merged(args.config, defaults, overrides)
         result = _runner(cfg.task)(cfg)
     if launched_rank() != 0:
         return 0  # under torchrun, rank 0 reports

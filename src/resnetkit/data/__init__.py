@@ -2,7 +2,8 @@
 
 from resnetkit.data.cifar import load_cifar, load_sample, paper_split
 from resnetkit.data.datasets import ImageTensorDataset
-from resnetkit.data.folder import list_image_files, load_image, load_image_folder
+from resnetkit.data.folder import list_image_files, load_image_folder
+from resnetkit.data.images import read_image
 from resnetkit.data.loader import BatchLoader
 
 __all__ = [
@@ -10,8 +11,8 @@ __all__ = [
     "ImageTensorDataset",
     "list_image_files",
     "load_cifar",
-    "load_image",
     "load_image_folder",
     "load_sample",
     "paper_split",
+    "read_image",
 ]

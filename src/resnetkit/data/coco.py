@@ -20,11 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from resnetkit.data.folder import decode_error_reason
-from resnetkit.data.stream import read_photo
+from resnetkit.data.images import decode_error_reason, image_header, read_image
 from resnetkit.errors import DataError
 
 BOX_TOLERANCE = 1.0  # pixels a box may reach past the image edge (rounding in exporters) before it is an error
@@ -127,9 +125,8 @@ def _images(doc: dict[str, Any], path: Path, root: Path) -> dict[int, tuple[Path
             missing.append(im["file_name"])
             continue
         try:
-            with Image.open(file) as pil:  # the header only: nothing is decoded
-                size = pil.size
-        except Exception as e:  # noqa: BLE001  a file that is not an image: say which, in one line
+            size = image_header(file)[1:]  # the header only: nothing is decoded
+        except DataError as e:  # a file that is not an image: say which, in one line
             raise DataError(f"{path}: image {im['file_name']} cannot be read ({decode_error_reason(e)})") from None
         if size != (w, h):
             wrong.append(f"{im['file_name']} is {size[0]}x{size[1]}, not {w}x{h}")
@@ -184,10 +181,7 @@ class DetectionDataset(Dataset):
         return len(self.coco.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        try:
-            image = read_photo(self.coco.files[i], self.min_side)
-        except Exception as e:  # noqa: BLE001  a file that passed the header check but does not decode
-            raise DataError(f"cannot read image {self.coco.files[i]}: {e}") from None
+        image = read_image(self.coco.files[i], draft_side=self.min_side)  # one-line DataError if it does not decode
         boxes = self.coco.boxes[i] * (image.shape[2] / self.coco.sizes[i][0])  # a JPEG decoded at reduced scale
         if self.train and random.Random(f"{self.seed}/{self.epoch}/{i}").random() < 0.5:
             image = image.flip(-1)

@@ -14,16 +14,16 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from resnetkit.data.datasets import ImageTensorDataset
+from resnetkit.data.images import read_image
 from resnetkit.data.paths import require_folder
 from resnetkit.data.splits import stratified_split
-from resnetkit.errors import DataError, ImageTooLarge
+from resnetkit.errors import DataError
 from resnetkit.files import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -35,80 +35,10 @@ DECODE_WORKERS = 2
 _CACHE_VERSION = "folder-v1"  # bump when decoding changes, so old caches are not reused
 _WARN_FIRST = 5  # how many file names a warning spells out before "and N more"
 
-# Sample value that maps to 255 for the high-depth modes. Pillow opens 16-bit PNG/TIFF as I;16* and 16-bit
-# PGM as I (values 0..65535), so I is scaled as 16-bit; float images follow the 0..1 convention.
-_FULL_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
-_ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-
 
 def is_image_file(path: Path) -> bool:
     """Whether `path` has one of the image extensions (case-insensitive) and is not a hidden file."""
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# One image
-
-
-def load_image(
-    path: str | Path | IO[bytes], size: int, *, max_pixels: int | None = None, name: str | None = None
-) -> torch.Tensor:
-    """Decode one image file (or file object, such as an upload) to a uint8 (3, size, size) tensor: EXIF-oriented,
-    RGB, short side resized to `size` (bilinear, antialiased) and center-cropped. Raises DataError naming the file
-    (`name`, else its path) if it cannot be read, ImageTooLarge if it has more than `max_pixels` pixels (checked
-    from the header, before anything is decoded) or trips Pillow's decompression-bomb guard.
-
-    A truncated file (an interrupted download) is an error, not an image: Pillow's decoders stop at the missing
-    data (ImageFile.LOAD_TRUNCATED_IMAGES is False by default) rather than return a picture with a grey lower part.
-    """
-    where = name or str(path)
-    try:
-        with Image.open(path if hasattr(path, "read") else Path(path)) as im:
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageTooLarge(f"image {where} has {im.width}x{im.height} pixels, more than {max_pixels:,}")
-            im.draft(None, (size, size))  # JPEG: decode at 1/2, 1/4 or 1/8 scale while both sides stay >= size
-            im = ImageOps.exif_transpose(im)
-            rgb = _high_depth_to_rgb(im, size) if im.mode in _FULL_SCALE else _center_square(_to_rgb(im), size)
-    except ImageTooLarge:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(f"image {where}: {decode_error_reason(e)}") from e
-    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, struct.error, ... on corrupt files
-        raise DataError(f"cannot read image {where}: {decode_error_reason(e)}") from e
-    return torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8).view(size, size, 3).permute(2, 0, 1).clone()
-
-
-def decode_error_reason(error: Exception) -> str:
-    """One line saying why Pillow could not decode a file (its own message names the file again, or is empty)."""
-    if isinstance(error, UnidentifiedImageError):
-        return "not an image, or in a format Pillow cannot identify"
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """8-bit modes to RGB; transparent pixels are composited onto white (dropping alpha would expose
-    whatever colour the encoder left under them, often black)."""
-    if im.mode in _ALPHA_MODES or "transparency" in im.info:
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")  # L, 1, P, CMYK, YCbCr, RGB
-
-
-def _high_depth_to_rgb(im: Image.Image, size: int) -> Image.Image:
-    """16-bit and 32-bit images: resized in float (no early rounding), then scaled by the mode's range."""
-    scale = 255.0 / _FULL_SCALE[im.mode]
-    grey = _center_square(im.convert("F"), size).point(lambda v: v * scale + 0.5)  # F->L truncates: round
-    return grey.convert("L").convert("RGB")  # F->L clips to 0..255
-
-
-def _center_square(im: Image.Image, size: int) -> Image.Image:
-    """Resize the short side to `size` and center-crop, in one resampling of the central square."""
-    w, h = im.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    box = (left, top, left + side, top + side)
-    return im.resize((size, size), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -203,7 +133,7 @@ class _Decoded:
 
 def _try_load(path: Path, size: int) -> torch.Tensor | str:
     try:
-        return load_image(path, size)
+        return read_image(path, size=size)
     except DataError as e:
         return str(e.__cause__ or e)
 

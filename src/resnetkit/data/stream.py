@@ -14,29 +14,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-from resnetkit.data.folder import (
-    _FULL_SCALE,
-    FOLDER_SPLITS,
-    _check_same_classes,
-    _scan,
-    _split_dirs,
-    _to_rgb,
-    decode_error_reason,
-    no_training_part,
-)
+from resnetkit.data.folder import FOLDER_SPLITS, _check_same_classes, _scan, _split_dirs, no_training_part
+from resnetkit.data.images import decode_error_reason, read_image
 from resnetkit.data.loader import BatchLoader, mix_seed
 from resnetkit.data.paths import require_folder
 from resnetkit.data.splits import stratified_split
@@ -114,36 +103,6 @@ def _resized(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(batch, size=size, mode="bilinear", antialias=True)[0]
 
 
-def read_photo(path: str | Path, draft_side: int) -> torch.Tensor:
-    """The photo as uint8 (3, H, W), RGB and EXIF-oriented, as the in-memory loader reads it (transparency onto
-    white, 16-bit images scaled). JPEGs go through torchvision's libjpeg-turbo decoder straight into a tensor
-    (measured here 1.4x faster than PIL's decode and copy); a JPEG at least twice the size the crop needs is
-    instead decoded by PIL at a reduced DCT scale (`draft`), which skips most of the decoding work."""
-    with Image.open(path) as im:
-        w, h = im.size
-        scale = max(1, min(w, h) // max(draft_side, 1))
-        if im.format != "JPEG" or scale >= 2:
-            if im.format == "JPEG":
-                im.draft("RGB", (math.ceil(w / scale), math.ceil(h / scale)))
-            return _pil_to_tensor(ImageOps.exif_transpose(im))
-    from torchvision.io import ImageReadMode, decode_jpeg, read_file
-
-    try:
-        with warnings.catch_warnings():  # torchvision 0.29 marks its image codecs deprecated (for TorchCodec)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except RuntimeError:  # a JPEG variant libjpeg-turbo refuses (PIL may still read it, or say why it cannot)
-        with Image.open(path) as im:
-            return _pil_to_tensor(ImageOps.exif_transpose(im))
-
-
-def _pil_to_tensor(im: Image.Image) -> torch.Tensor:
-    if im.mode in _FULL_SCALE:  # 16/32-bit grey: scale the mode's range to 0..255, rounding
-        grey = np.asarray(im.convert("F")) * (255.0 / _FULL_SCALE[im.mode]) + 0.5
-        return torch.from_numpy(grey.clip(0, 255).astype(np.uint8)).expand(3, -1, -1).contiguous()
-    return torch.from_numpy(np.asarray(_to_rgb(im)).copy()).permute(2, 0, 1)
-
-
 class StreamingFolder(Dataset):
     """(file, label) samples of a scanned image folder, decoded on demand. Items are asked for as
     (index, seed): the seed fixes the image's augmentation in whichever process decodes it."""
@@ -176,7 +135,7 @@ class StreamingFolder(Dataset):
         if self._pipeline is None:
             self._pipeline = self.transform.pipeline()
         try:
-            photo = read_photo(path, self.transform.draft_side())
+            photo = read_image(path, draft_side=self.transform.draft_side())
         except Exception as e:  # noqa: BLE001  any unreadable file is reported by name, never fatal to a worker
             return None, label, (index, f"{path}: {decode_error_reason(e)}")
         # transforms v2 draw from the global CPU generator: this process's, seeded per image (torch.manual_seed

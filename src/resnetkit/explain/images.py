@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from torch import nn
 
-from resnetkit.data.folder import decode_error_reason, list_image_files, load_image
+from resnetkit.data.folder import list_image_files
+from resnetkit.data.images import decode_error_reason, image_channels, image_header, read_image
 from resnetkit.errors import DataError
 from resnetkit.explain.gradcam import METHODS, CamResult, ExplainError, GradCAM, resolve_layer
 from resnetkit.plots import plot_cam_overlays
@@ -19,26 +19,19 @@ from resnetkit.transforms import Preprocessing, center_crop
 
 # Upscaling an image by more than 2x to reach the input size gives maps of interpolation artefacts.
 MAX_UPSCALE = 2
-_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
-
-
-def image_channels(mode: str) -> int:
-    """Colour channels (alpha aside) of a PIL mode: 1 for greyscale modes, 3 for colour (palette, RGB, CMYK, ...)."""
-    return 1 if mode in _GREY_MODES or mode.startswith("I;16") else 3
 
 
 def load_for_model(path: str | Path, pre: Preprocessing, in_chans: int) -> torch.Tensor:
     """One image file as uint8 (in_chans, S, S) at the preprocessing's storage size.
 
-    Refused with one line (ExplainError or load_image's DataError): an unreadable file, an image whose colour
+    Refused with one line (ExplainError or read_image's DataError): an unreadable file, an image whose colour
     channels differ from the model's (a greyscale photo given to an RGB model would be explained as something it
     never was trained on), and one smaller than half the model's input size.
     """
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            mode, (width, height) = im.mode, im.size
-    except Exception as e:  # noqa: BLE001  any decoder failure means "not an image we can read"
+        mode, width, height = image_header(path)
+    except DataError as e:  # any decoder failure means "not an image we can read"
         raise ExplainError(f"cannot read image {path}: {decode_error_reason(e)}") from None
     chans = image_channels(mode)
     if chans != in_chans:
@@ -52,7 +45,7 @@ def load_for_model(path: str | Path, pre: Preprocessing, in_chans: int) -> torch
         raise ExplainError(
             f"{path} is {width}x{height}; the model takes {pre.size}x{pre.size} images and needs at least {need}x{need}"
         )
-    image = load_image(path, pre.storage_size)
+    image = read_image(path, size=pre.storage_size)
     return image[:in_chans]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from PIL import UnidentifiedImageError
 
-from resnetkit.data.folder import load_image
+from resnetkit.data.images import read_image
 from resnetkit.errors import DataError, ImageTooLarge
 from resnetkit.serve.settings import ServeSettings
 
@@ -91,7 +91,7 @@ def _json_images(body: bytes) -> list[tuple[str, bytes]]:
 
 def _decode(name: str, data: bytes, size: int, max_pixels: int) -> torch.Tensor:
     try:
-        return load_image(io.BytesIO(data), size, max_pixels=max_pixels, name=repr(name))
+        return read_image(io.BytesIO(data), size=size, max_pixels=max_pixels, name=repr(name))
     except ImageTooLarge as e:
         raise RequestError(413, str(e)) from None
     except DataError as e:

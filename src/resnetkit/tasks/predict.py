@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from resnetkit.data.folder import decode_error_reason, list_image_files
-from resnetkit.data.stream import read_photo
+from resnetkit.data.folder import list_image_files
+from resnetkit.data.images import read_image
 from resnetkit.errors import DataError
 from resnetkit.files import atomic_write
 from resnetkit.tasks.detection import set_score_threshold
@@ -54,15 +54,6 @@ COCO_SKELETON = (
 )
 
 
-def read_image(path: Path, min_side: int) -> torch.Tensor:
-    """The whole photo as uint8 (3, H, W), EXIF-oriented RGB; a JPEG far larger than `min_side` decodes at reduced
-    scale. DataError naming the file when it cannot be read."""
-    try:
-        return read_photo(path, min_side)
-    except Exception as e:  # noqa: BLE001  decoders raise many kinds of error on corrupt files
-        raise DataError(f"cannot read image {path}: {decode_error_reason(e)}") from None
-
-
 def run_on_files(
     tm: TaskModel, paths: Sequence[str | Path], *, out: Path | None, threshold: float = 0.5, strict: bool = False
 ) -> list[dict[str, Any]]:
@@ -77,7 +68,7 @@ def run_on_files(
     records = []
     for i, path in enumerate(files):
         try:
-            image = read_image(path, 800)
+            image = read_image(path, draft_side=800)
         except DataError as e:
             if strict:
                 raise

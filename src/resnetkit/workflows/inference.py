@@ -254,10 +254,10 @@ def predict_files(
 
 def _read_image(path: Path, size: int, *, strict: bool) -> torch.Tensor | str:
     """The decoded image, or the one-line DataError message saying why it cannot be read (raised when strict)."""
-    from resnetkit.data.folder import load_image
+    from resnetkit.data.images import read_image
 
     try:
-        return load_image(path, size)
+        return read_image(path, size=size)
     except DataError as e:
         if strict:
             raise
