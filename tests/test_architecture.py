@@ -202,6 +202,39 @@ def test_the_decoder_checker_catches_a_violation() -> None:
     assert _decoder_calls("Image.new('RGB', (1, 1)).save(p)\nopen(p)\n") == []
 
 
+def _string_sets(source: str, where: str) -> dict[tuple[str, ...], list[str]]:
+    """Literal tuples, lists and sets of 3 or more strings (choice lists), as sorted tuples -> where they are."""
+    found: dict[tuple[str, ...], list[str]] = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and len(node.elts) >= 3:
+            if all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+                key = tuple(sorted(e.value for e in node.elts))  # type: ignore[attr-defined]
+                found.setdefault(key, []).append(f"{where}:{node.lineno}")
+    return found
+
+
+def _repeated_sets(sources: dict[str, str]) -> dict[tuple[str, ...], list[str]]:
+    merged: dict[tuple[str, ...], list[str]] = {}
+    for where, source in sources.items():
+        for key, places in _string_sets(source, where).items():
+            merged.setdefault(key, []).extend(places)
+    return {key: places for key, places in merged.items() if len(places) > 1}
+
+
+def test_each_choice_set_is_defined_once() -> None:
+    """Issue 29: a set of choices (schedules, policies, data modes ...) is written once and imported elsewhere."""
+    sources = {str(p.relative_to(PACKAGE)): p.read_text() for p in _all_files()}
+    assert _repeated_sets(sources) == {}
+
+
+def test_the_choice_set_checker_catches_a_repeat() -> None:
+    sources = {
+        "a.py": 'MODES = ("auto", "memory", "stream")\n',
+        "b.py": 'x = ["stream", "auto", "memory"]\ny = ("a", "b")\n',
+    }
+    assert _repeated_sets(sources) == {("auto", "memory", "stream"): ["a.py:1", "b.py:1"]}
+
+
 def test_the_checker_catches_a_violation() -> None:
     source = (
         "from resnetkit.engine import train\nimport resnetkit.cli.main\nfrom ..engine import loop\n"

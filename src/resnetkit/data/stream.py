@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
+from resnetkit.config import AUGMENT_POLICIES
 from resnetkit.data.folder import FOLDER_SPLITS, _check_same_classes, _scan, _split_dirs, no_training_part
 from resnetkit.data.images import decode_error_reason, read_image
 from resnetkit.data.loader import BatchLoader, mix_seed
@@ -35,7 +36,6 @@ from resnetkit.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("none", "trivial", "rand", "auto")
 WORKER_TIMEOUT_S = 300  # a worker that delivers nothing for this long is reported, not waited on forever
 
 
@@ -52,8 +52,8 @@ class StreamTransform:
     erasing: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.policy not in POLICIES:
-            raise DataError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(POLICIES)}")
+        if self.policy not in AUGMENT_POLICIES:
+            raise DataError(f"unknown augmentation policy {self.policy!r}; choose one of {', '.join(AUGMENT_POLICIES)}")
 
     def pipeline(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """photo (uint8, 3 x H x W) -> the view the model sees (uint8, 3 x size x size)."""
