@@ -38,3 +38,17 @@ def test_widths_from_a_recipe_reach_eval(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert main(["-q", "eval", "--checkpoint", str(run), "--data", "sample", "--no-compile", "--json"]) == 0
     assert '"n": 500' in capsys.readouterr().out
+
+
+def test_the_loop_reads_the_positions_of_checkpoints_written_before_the_one_loop() -> None:
+    """Issue 29: checkpoints written by the two former loops still resume. A detection checkpoint of session 13 had
+    no early-stopping count and called the epoch's steps "done"; an epoch-end one of before had no batch or partial."""
+    from resnetkit.engine.trainer import TrainState
+
+    detection = {"epoch": 1, "batch": 3, "step": 7, "history": [{"epoch": 1}], "best": {"epoch": 1, "val_map": 0.2}}
+    detection["partial"] = {"loss": 2.5, "loss_classifier": 1.0, "done": 3, "seen": 12, "time": 4.0}
+    state = TrainState.from_checkpoint(detection)
+    assert (state.epoch, state.batch, state.step, state.stale) == (1, 3, 7, 0)
+    assert state.partial == {"loss": 2.5, "loss_classifier": 1.0, "steps": 3, "seen": 12, "time": 4.0}
+    older = TrainState.from_checkpoint({"epoch": 2, "step": 20, "history": [], "best": None})
+    assert (older.batch, older.partial, older.stale) == (0, {}, 0)
