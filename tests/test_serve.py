@@ -3,13 +3,9 @@ over HTTP with real cats-vs-dogs and CIFAR-10 images."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -22,67 +18,19 @@ import torch
 from PIL import Image
 
 from resnetkit.cli.main import main
-from resnetkit.data.cifar import load_cifar
 
 import procs
-from conftest import require_module, require_program, shared_data
+from conftest import require_module, require_program
+from servers import READY_LIMIT_S, Server, real_images, start_server
 
 httpx = require_module("httpx")
 require_module("fastapi")
 WEIGHTS = "resnet20.rk_cifar10"
 
 
-SERVING = re.compile(r"^serving .* on (http://\S+):(\d+)/ ", re.M)
-READY_LIMIT_S = 120  # only a server that never starts meets this bound: the wait ends when it answers
-
-
-class Server:
-    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
-        self.proc, self.url, self.log = proc, url, log
-
-    def post(self, files: list[tuple[str, tuple[str, bytes]]] | None = None, **kwargs) -> httpx.Response:
-        return httpx.post(f"{self.url}/v1/predict", files=files, timeout=60, **kwargs)
-
-    def metric(self, line_start: str) -> float:
-        """The value of the first /metrics line that starts with `line_start` (0 when there is none yet)."""
-        lines = httpx.get(f"{self.url}/metrics", timeout=30).text.splitlines()
-        return next((float(x.split()[-1]) for x in lines if x.startswith(line_start)), 0.0)
-
-    def stop(self) -> int:
-        """SIGTERM and the exit code; a server that does not exit within a minute is killed (the test fails)."""
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        finally:
-            procs.reap(self.proc)
-
-
-def _start(tmp_path: Path, *args: str, checkpoint: str | Path = WEIGHTS) -> Server:
-    """`resnetkit serve --port 0`: the server binds a free port itself and prints it; ready when /readyz says so."""
-    log = tmp_path / f"serve-{len(list(tmp_path.glob('serve-*.log')))}.log"
-    env = {**os.environ, "RESNETKIT_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "resnetkit", "serve", "--checkpoint", str(checkpoint), "--port", "0", *args]
-    proc = procs.start(cmd, log, env=env)
-    deadline = time.monotonic() + READY_LIMIT_S
-    try:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, f"the server exited: {log.read_text()}"
-            found = SERVING.search(log.read_text())
-            if found:
-                url = f"{found[1]}:{found[2]}"
-                with contextlib.suppress(httpx.TransportError):
-                    if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
-                        return Server(proc, url, log)
-            time.sleep(0.05)
-        raise AssertionError(f"the server did not become ready: {log.read_text()}")
-    except BaseException:
-        procs.reap(proc)
-        raise
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
-    s = _start(
+    s = start_server(
         tmp_path_factory.mktemp("serve"),
         "--max-body-mb",
         "1",
@@ -92,6 +40,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
         "1",
         "--max-queue",
         "8",
+        checkpoint=WEIGHTS,
     )
     try:
         yield s
@@ -101,14 +50,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> dict[str, Path]:
-    """A cat and a dog photo from cats-vs-dogs and the first CIFAR-10 test image written as a PNG."""
-    folder = tmp_path_factory.mktemp("images")
-    cvd = shared_data("cats_vs_dogs")
-    ds = load_cifar(str(shared_data("cifar-10-batches-bin")), "cifar10", "test", progress=False)
-    cifar = folder / "cifar_test_0.png"
-    Image.fromarray(ds.images[0].permute(1, 2, 0).numpy()).save(cifar)
-    first = {kind: sorted((cvd / "val" / kind).glob("*.jpg"))[0] for kind in ("cat", "dog")}
-    return {**first, "cifar": cifar}
+    return real_images(tmp_path_factory.mktemp("images"))
 
 
 def _predict_cli(capsys, path: Path, checkpoint: str | Path = WEIGHTS) -> list[dict]:
@@ -168,7 +110,7 @@ def test_exported_files_and_run_folders_are_served_within_the_limits(
     image (413); `--host 127.0.0.2` listens there and not on 127.0.0.1."""
     checkpoint = run_folder if kind == "run folder" else exported[kind]
     limits = ["--max-batch", "2", "--max-pixels", "1000000", "--host", "127.0.0.2", "--threads", "1"]
-    s = _start(tmp_path, *limits, checkpoint=checkpoint)
+    s = start_server(tmp_path, *limits, checkpoint=checkpoint)
     try:
         assert s.url.startswith("http://127.0.0.2:") and _refused(s.url.replace("127.0.0.2", "127.0.0.1"))
         meta = httpx.get(f"{s.url}/v1/metadata").json()
@@ -231,7 +173,7 @@ def test_bad_requests_get_their_4xx_and_the_service_goes_on(server, images) -> N
         "wrong field name": (server.post([("image", ("cat.jpg", jpeg))]), 400),
         "empty body": (httpx.post(f"{server.url}/v1/predict", timeout=30), 400),
         "bad JSON": (server.post(content=b"{no", headers={"content-type": "application/json"}), 400),
-        "unknown path": (httpx.get(f"{server.url}/v2/nothing"), 404),
+        "unknown path": (httpx.get(f"{server.url}/v1/nothing"), 404),  # /v2 answers in OIP's shape (test_oip)
     }
     for what, (response, status) in cases.items():
         assert response.status_code == status, (what, response.text)
@@ -269,7 +211,9 @@ def test_concurrent_requests_share_forward_passes(server, images) -> None:
 
 
 def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path, images) -> None:
-    s = _start(tmp_path, "--max-delay-ms", "3000", "--threads", "1")  # a lone request waits 3 s for company
+    s = start_server(
+        tmp_path, "--max-delay-ms", "3000", "--threads", "1", checkpoint=WEIGHTS
+    )  # a lone request waits 3 s for company
     answer: list[httpx.Response] = []
     t = threading.Thread(target=lambda: answer.append(s.post([("file", ("cat.jpg", images["cat"].read_bytes()))])))
     try:
@@ -287,7 +231,9 @@ def test_sigterm_lets_requests_in_flight_finish_then_exits_0(tmp_path, images) -
 
 
 def test_a_request_past_the_timeout_gets_504_and_the_service_goes_on(tmp_path, images) -> None:
-    s = _start(tmp_path, "--max-delay-ms", "3000", "--timeout", "0.5", "--threads", "1")  # a lone image waits 3 s
+    s = start_server(
+        tmp_path, "--max-delay-ms", "3000", "--timeout", "0.5", "--threads", "1", checkpoint=WEIGHTS
+    )  # a lone image waits 3 s
     try:
         r = s.post([("file", ("cat.jpg", images["cat"].read_bytes()))])
         assert r.status_code == 504, r.text
@@ -298,7 +244,7 @@ def test_a_request_past_the_timeout_gets_504_and_the_service_goes_on(tmp_path, i
 
 
 def test_several_worker_processes_serve_and_stop_cleanly(tmp_path, images) -> None:
-    s = _start(tmp_path, "--workers", "2", "--threads", "1")
+    s = start_server(tmp_path, "--workers", "2", "--threads", "1", checkpoint=WEIGHTS)
     try:
         workers = procs.descendants(s.proc.pid)
         assert len(workers) >= 2, workers  # uvicorn's supervisor and its worker processes

@@ -23,6 +23,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--workers", type=int, default=1, help="processes, each with its own copy of the model")
     p.add_argument("--threads", type=int, help="torch / ONNX Runtime threads per worker (default: all cores)")
+    p.add_argument(
+        "--model-name", help="the model's name under /v2 (Open Inference Protocol; default: its architecture)"
+    )
+    p.add_argument("--model-version", default="1", help="the model's version under /v2")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +87,8 @@ def _settings(args: argparse.Namespace) -> Any:
         topk=args.topk,
         timeout_s=args.timeout,
         threads=args.threads,
+        model_name=args.model_name,
+        model_version=args.model_version,
     )
 
 

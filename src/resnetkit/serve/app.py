@@ -24,6 +24,7 @@ from resnetkit.serve.deps import require
 from resnetkit.serve.metrics import ServiceMetrics
 from resnetkit.serve.requests import RequestError, read_images
 from resnetkit.serve.settings import ServeSettings
+from resnetkit.serve.v2 import add_v2_routes
 from resnetkit.transforms import center_crop
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,10 @@ PAGE = Path(__file__).with_name("static") / "index.html"  # plain HTML/JS: no bu
 
 
 class Service:
-    """The model, its batcher and metrics: what the routes share."""
+    """The model, its batcher and metrics: what the routes share. A batch's output rows hold the logits
+    (`LOGITS_ROW`) and the class probabilities (`PROBS_ROW`) of each image."""
+
+    LOGITS_ROW, PROBS_ROW = 0, 1
 
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -54,10 +58,22 @@ class Service:
             observe=self.metrics.observe_batch,
         )
 
+    @property
+    def model_name(self) -> str:
+        return self.settings.model_name or self.predictor.describe()["model"]
+
+    @property
+    def model_version(self) -> str:
+        return self.settings.model_version
+
     @torch.inference_mode()
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities of a uint8 batch, prepared as `resnetkit predict` prepares it."""
-        return self.predictor.probabilities(images)
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        """(N, 2, classes): logits and class probabilities of a batch — uint8 images prepared as `resnetkit predict`
+        prepares them, or float32 images already normalised (OIP's FP32 input), in the runtime's memory layout."""
+        p = self.predictor
+        prepared = p.prepare(batch) if batch.dtype == torch.uint8 else batch.contiguous(memory_format=p.memory_format)
+        logits = p.logits(prepared)
+        return torch.stack([logits, logits.softmax(dim=1)], dim=1)
 
     def warm_up(self) -> None:
         size = self.predictor.preprocessing.storage_size
@@ -126,7 +142,7 @@ class Service:
         }
 
     def answer(self, names: list[str], answers: list[Answer]) -> dict[str, Any]:
-        results = [{"name": n, "top": self.top(a.row)} for n, a in zip(names, answers, strict=True)]
+        results = [{"name": n, "top": self.top(a.row[self.PROBS_ROW])} for n, a in zip(names, answers, strict=True)]
         return {"model": self.metadata()["model"], "predictions": results}
 
     def top(self, probs: torch.Tensor) -> list[dict[str, Any]]:
@@ -144,6 +160,7 @@ def create_app(settings: ServeSettings) -> Any:
     app.state.service = service
 
     _json_errors(app)
+    add_v2_routes(app, service)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> Any:
@@ -195,10 +212,12 @@ def server_timing(decode_s: float, answers: list[Answer], encode_start: float) -
     return ", ".join(f"{name};dur={1000 * s:.3f}" for name, s in parts.items())
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+def _error(status: int, message: str, headers: dict[str, str] | None = None, path: str = "") -> Any:
+    """The error body: {"error": {"status", "message"}}; under /v2 the Open Inference Protocol's {"error": "..."}."""
     from fastapi.responses import JSONResponse
 
-    return JSONResponse({"error": {"status": status, "message": message}}, status, headers=headers)
+    body = {"error": message} if path.startswith("/v2") else {"error": {"status": status, "message": message}}
+    return JSONResponse(body, status, headers=headers)
 
 
 def _json_errors(app: Any) -> None:
@@ -209,20 +228,22 @@ def _json_errors(app: Any) -> None:
 
     @app.exception_handler(RequestError)
     async def request_error(request: Any, e: RequestError) -> Any:
-        return _error(e.status, str(e), e.headers)
+        return _error(e.status, str(e), e.headers, request.url.path)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Any, e: HTTPException) -> Any:
-        return _error(e.status_code, str(e.detail), getattr(e, "headers", None))
+        return _error(e.status_code, str(e.detail), getattr(e, "headers", None), request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Any, e: RequestValidationError) -> Any:
-        return _error(422, "; ".join(str(x.get("msg", x)) for x in e.errors()) or "invalid request")
+        return _error(
+            422, "; ".join(str(x.get("msg", x)) for x in e.errors()) or "invalid request", None, request.url.path
+        )
 
     @app.exception_handler(Exception)
     async def internal(request: Any, e: Exception) -> Any:
         log.exception("error answering %s", request.url.path)
-        return _error(500, f"internal error ({type(e).__name__}); the service goes on")
+        return _error(500, f"internal error ({type(e).__name__}); the service goes on", None, request.url.path)
 
 
 SETTINGS_ENV = "RESNETKIT_SERVE_SETTINGS"

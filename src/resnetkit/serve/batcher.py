@@ -28,7 +28,7 @@ class Answer:
 
 @dataclass
 class _Item:
-    image: torch.Tensor  # uint8 (3, S, S)
+    image: torch.Tensor  # uint8 (3, S, S), or float32 (3, size, size) already normalised (OIP's FP32 input)
     future: asyncio.Future[Answer]
     queued: float = field(default_factory=time.perf_counter)
 
@@ -55,17 +55,18 @@ class DynamicBatcher:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="resnetkit-forward")
         self.task: asyncio.Task[None] | None = None
         self.in_flight = 0  # images taken from the queue whose batch has not finished
+        self._held: list[_Item] = []  # an item of another kind than the batch being gathered: the next batch's first
 
     @property
     def depth(self) -> int:
-        return self.queue.qsize()
+        return self.queue.qsize() + len(self._held)
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the worker."""
-        while self.queue.qsize() or self.in_flight:
+        while self.depth or self.in_flight:
             await asyncio.sleep(0.01)
         if self.task is not None:
             self.task.cancel()
@@ -81,16 +82,23 @@ class DynamicBatcher:
         return list(await asyncio.gather(*(item.future for item in items)))
 
     async def _gather(self) -> list[_Item]:
-        batch = [await self.queue.get()]
+        """Up to max_batch items of one kind (dtype and shape: uint8 images and OIP's float32 tensors never share
+        a batch), waiting at most max_delay_s after the first; an item of another kind starts the next batch."""
+        batch = [self._held.pop() if self._held else await self.queue.get()]
+        kind = (batch[0].image.dtype, batch[0].image.shape)
         deadline = time.perf_counter() + self.max_delay_s
         while len(batch) < self.max_batch:
             left = deadline - time.perf_counter()
             if left <= 0 and self.queue.empty():
                 break
             try:
-                batch.append(self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left))
+                item = self.queue.get_nowait() if left <= 0 else await asyncio.wait_for(self.queue.get(), left)
             except (asyncio.TimeoutError, asyncio.QueueEmpty):
                 break
+            if (item.image.dtype, item.image.shape) != kind:
+                self._held.append(item)
+                break
+            batch.append(item)
         return batch
 
     async def _loop(self) -> None:

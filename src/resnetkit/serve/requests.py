@@ -58,7 +58,9 @@ async def read_images(request: Any, size: int, settings: ServeSettings) -> tuple
         raise RequestError(400, f"no images: send them in the multipart field '{FIELD}' (repeat it for several)")
     if len(uploads) > settings.max_images:
         raise RequestError(413, f"{len(uploads)} images in one request, more than {settings.max_images}")
-    images = await asyncio.gather(*(asyncio.to_thread(_decode, n, d, size, settings.max_pixels) for n, d in uploads))
+    images = await asyncio.gather(
+        *(asyncio.to_thread(decode_upload, n, d, size, settings.max_pixels) for n, d in uploads)
+    )
     return [n for n, _ in uploads], list(images)
 
 
@@ -89,7 +91,8 @@ def _json_images(body: bytes) -> list[tuple[str, bytes]]:
         raise RequestError(400, 'JSON bodies are {"images": ["<base64 image>", ...]}') from None
 
 
-def _decode(name: str, data: bytes, size: int, max_pixels: int) -> torch.Tensor:
+def decode_upload(name: str, data: bytes, size: int, max_pixels: int) -> torch.Tensor:
+    """One uploaded image as uint8 (3, size, size); RequestError 413 (too many pixels), 415 (not an image), 422."""
     try:
         return read_image(io.BytesIO(data), size=size, max_pixels=max_pixels, name=repr(name))
     except ImageTooLarge as e:

@@ -17,3 +17,5 @@ class ServeSettings:
     topk: int = 5
     timeout_s: float = 30.0  # per request, queueing included -> 504
     threads: int | None = None  # torch (and so ONNX Runtime) threads in each worker process
+    model_name: str | None = None  # OIP v2's model name (default: the served model's architecture)
+    model_version: str = "1"  # OIP v2's model version

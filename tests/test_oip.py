@@ -1,0 +1,195 @@
+"""`resnetkit serve` speaks the Open Inference Protocol v2 over REST (issue 30), checked with Triton's own HTTP client
+(`tritonclient.http`), nothing written here: health and metadata, inference from encoded images (BYTES) and from
+normalised tensors (FP32), the classification extension, binary tensor data both ways, and OIP's errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from resnetkit.cli.main import main
+from resnetkit.data.images import read_image
+from resnetkit.runtime import Predictor
+
+from conftest import require_module
+from servers import Server, real_images, start_server
+
+http = require_module("tritonclient.http")
+InferenceServerException = require_module("tritonclient.utils").InferenceServerException
+WEIGHTS = "resnet20.rk_cifar10"  # the shipped CIFAR-10 ResNet-20
+MODEL = "resnet20"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    s = start_server(tmp_path_factory.mktemp("oip"), "--threads", "1", "--max-delay-ms", "20", checkpoint=WEIGHTS)
+    try:
+        yield s
+    finally:
+        assert s.stop() == 0, s.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> http.InferenceServerClient:
+    return http.InferenceServerClient(server.url.removeprefix("http://"))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> dict[str, Path]:
+    return real_images(tmp_path_factory.mktemp("images"))
+
+
+def _encoded(paths: list[Path], binary: bool = True) -> http.InferInput:
+    tensor = http.InferInput("image", [len(paths)], "BYTES")
+    tensor.set_data_from_numpy(np.array([p.read_bytes() for p in paths], dtype=object), binary_data=binary)
+    return tensor
+
+
+def _predict_cli(capsys, paths: list[Path]) -> list[list[dict]]:
+    assert main(["-q", "predict", "--checkpoint", WEIGHTS, "--json", "--topk", "10", *map(str, paths)]) == 0
+    return [record["top"] for record in json.loads(capsys.readouterr().out)]
+
+
+def test_health_and_metadata(client) -> None:
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready(MODEL) and client.is_model_ready(MODEL, "1") and not client.is_model_ready("x")
+    meta = client.get_server_metadata()
+    assert meta["name"] == "resnetkit" and {"binary_tensor_data", "classification"} <= set(meta["extensions"])
+    model = client.get_model_metadata(MODEL, "1")
+    assert model["name"] == MODEL and model["versions"] == ["1"]
+    assert {(t["name"], t["datatype"], tuple(t["shape"])) for t in model["inputs"]} == {
+        ("input", "FP32", (-1, 3, 32, 32)),
+        ("image", "BYTES", (-1,)),
+    }
+    assert [(t["name"], t["shape"]) for t in model["outputs"]] == [("logits", [-1, 10]), ("probabilities", [-1, 10])]
+
+
+def test_encoded_images_answer_as_predict_does(client, images, capsys) -> None:
+    """Real photos and a CIFAR-10 PNG as BYTES: probabilities (binary) and logits (JSON) equal `resnetkit predict`'s
+    on the same files (same backend: to 1e-5), and the classification extension names the same classes."""
+    paths = list(images.values())
+    outputs = [http.InferRequestedOutput("probabilities", binary_data=True), http.InferRequestedOutput("logits")]
+    result = client.infer(MODEL, [_encoded(paths)], outputs=outputs, request_id="r1")
+    probs, logits = result.as_numpy("probabilities"), result.as_numpy("logits")
+    assert result.get_response()["id"] == "r1" and probs.shape == logits.shape == (3, 10)
+    assert np.allclose(torch.from_numpy(logits.copy()).softmax(1).numpy(), probs, atol=1e-6)
+    classes = Predictor.load(WEIGHTS).classes
+    for row, top in zip(probs, _predict_cli(capsys, paths), strict=True):
+        assert [classes[i] for i in np.argsort(-row)] == [t["class"] for t in top]
+        assert np.allclose(np.sort(row)[::-1], [t["prob"] for t in top], atol=1e-5)
+    assert classes[int(probs[0].argmax())] == "cat"  # the shipped model knows the cat photo
+    ranked = client.infer(MODEL, [_encoded(paths)], outputs=[http.InferRequestedOutput("probabilities", class_count=3)])
+    strings = ranked.as_numpy("probabilities")
+    assert strings.shape == (3, 3)
+    for row, probs_row in zip(strings, probs, strict=True):
+        parts = [s.decode().split(":") for s in row]  # Triton's "score:index:label"
+        assert [int(i) for _, i, _ in parts] == list(np.argsort(-probs_row)[:3])
+        assert [label for _, _, label in parts] == [classes[int(i)] for _, i, _ in parts]
+        assert np.allclose([float(score) for score, _, _ in parts], np.sort(probs_row)[::-1][:3], atol=1e-6)
+
+
+def test_normalised_tensors_give_the_logits_of_the_same_images(client, images) -> None:
+    """FP32 [N, 3, 32, 32] prepared as the model's preprocessing prepares the images (the exported ONNX file's
+    input contract), sent as JSON and as binary data: the logits of the same images sent encoded."""
+    paths = [images["cifar"], images["dog"]]
+    predictor = Predictor.load(WEIGHTS)
+    size = predictor.preprocessing.storage_size
+    batch = torch.stack([read_image(p, size=size) for p in paths])
+    x = predictor.prepare(batch).contiguous().numpy()
+    want = client.infer(MODEL, [_encoded(paths)]).as_numpy("logits")
+    for binary in (True, False):
+        tensor = http.InferInput("input", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x, binary_data=binary)
+        got = client.infer(MODEL, [tensor], model_version="1").as_numpy("logits")
+        assert np.allclose(got, want, atol=1e-5), (binary, np.abs(got - want).max())
+
+
+def _fp32(shape: list[int], datatype: str = "FP32", name: str = "input") -> http.InferInput:
+    tensor = http.InferInput(name, shape, datatype)
+    kind = np.float32 if datatype == "FP32" else np.int64
+    tensor.set_data_from_numpy(np.zeros(shape, dtype=kind), binary_data=True)
+    return tensor
+
+
+def test_bad_requests_are_answered_in_oip_shape_and_the_server_goes_on(client, server, images, tmp_path) -> None:
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes(images["cat"].read_bytes()[:2000])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    cases = {
+        "unknown model": (lambda: client.infer("resnet50", [_fp32([1, 3, 32, 32])]), "404", "unknown model"),
+        "unknown version": (
+            lambda: client.infer(MODEL, [_fp32([1, 3, 32, 32])], model_version="7"),
+            "404",
+            "unknown version",
+        ),
+        "input name": (lambda: client.infer(MODEL, [_fp32([1, 3, 32, 32], name="x")]), "400", "unknown input"),
+        "shape": (lambda: client.infer(MODEL, [_fp32([1, 3, 64, 64])]), "400", "[N, 3, 32, 32]"),
+        "datatype": (lambda: client.infer(MODEL, [_fp32([1, 3, 32, 32], "INT64")]), "400", "FP32"),
+        "output": (
+            lambda: client.infer(MODEL, [_fp32([1, 3, 32, 32])], outputs=[http.InferRequestedOutput("x")]),
+            "400",
+            "unknown output",
+        ),
+        "too many images": (lambda: client.infer(MODEL, [_fp32([65, 3, 32, 32])]), "413", "more than 64"),
+        "truncated": (lambda: client.infer(MODEL, [_encoded([truncated])]), "400", "truncated"),
+        "not an image": (lambda: client.infer(MODEL, [_encoded([text])]), "400", "not an image"),
+    }
+    for name, (call, status, words) in cases.items():
+        with pytest.raises(InferenceServerException) as caught:
+            call()
+        assert caught.value.status() == status and words in caught.value.message(), (name, str(caught.value))
+    import httpx
+
+    r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=b"{not json", timeout=30)
+    assert r.status_code == 400 and isinstance(r.json()["error"], str)  # OIP's shape: {"error": "..."}
+    as_text = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["abc"]}]}
+    r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=as_text, timeout=30)
+    assert r.status_code == 400 and "binary data" in r.json()["error"]  # encoded images travel as binary data
+    r = httpx.get(f"{server.url}/v2/models/{MODEL}/versions/1/nothing", timeout=30)
+    assert r.status_code == 404 and isinstance(r.json()["error"], str)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.infer(MODEL, [_encoded([images["dog"]])]).as_numpy("probabilities").shape == (1, 10)
+
+
+def test_a_png_with_alpha_reads_as_predict_reads_it(client, tmp_path, capsys) -> None:
+    """The service decodes with the one image reader: transparency composited onto white, as `predict` does."""
+    rgba = np.zeros((40, 40, 4), dtype=np.uint8)
+    rgba[10:30, 10:30] = (200, 30, 30, 255)
+    path = tmp_path / "clear.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    probs = client.infer(MODEL, [_encoded([path])]).as_numpy("probabilities")[0]
+    (top,) = _predict_cli(capsys, [path])
+    assert np.allclose(np.sort(probs)[::-1], [t["prob"] for t in top], atol=1e-5)
+
+
+def test_the_batcher_keeps_encoded_images_and_tensors_in_separate_batches() -> None:
+    """uint8 images (/v1, OIP's BYTES) and OIP's float32 tensors queue together but never share a forward pass;
+    each request gets its own rows back."""
+    import asyncio
+
+    from resnetkit.serve.batcher import DynamicBatcher
+
+    batches: list[tuple[torch.dtype, int]] = []
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        batches.append((batch.dtype, len(batch)))
+        return batch.float().flatten(1)[:, :1]  # each image's first value: says whose row it is
+
+    async def requests() -> list[list[float]]:
+        batcher = DynamicBatcher(run, max_batch=8, max_delay_s=0.05, max_queue=64)
+        batcher.start()
+        u8 = [torch.full((3, 4, 4), i, dtype=torch.uint8) for i in range(3)]
+        f32 = [torch.full((3, 2, 2), 10.0 + i) for i in range(3)]
+        answers = await asyncio.gather(batcher.submit(u8[:2]), batcher.submit(f32), batcher.submit(u8[2:]))
+        await batcher.stop()
+        return [[float(a.row[0]) for a in answer] for answer in answers]
+
+    assert asyncio.run(requests()) == [[0.0, 1.0], [10.0, 11.0, 12.0], [2.0]]
+    assert batches == [(torch.uint8, 2), (torch.float32, 3), (torch.uint8, 1)]
