@@ -1,6 +1,7 @@
-"""`resnetkit serve` speaks the Open Inference Protocol v2 over REST (issue 30), checked with Triton's own HTTP client
-(`tritonclient.http`), nothing written here: health and metadata, inference from encoded images (BYTES) and from
-normalised tensors (FP32), the classification extension, binary tensor data both ways, and OIP's errors."""
+"""`resnetkit serve` speaks the Open Inference Protocol v2 over REST and gRPC (issue 30), checked with Triton's own
+clients (`tritonclient.http`, `tritonclient.grpc`), nothing written here: health and metadata, inference from
+encoded images (BYTES) and from normalised tensors (FP32), the classification extension, binary tensor data both
+ways, OIP's errors, and gRPC requests drained on SIGTERM."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from conftest import require_module
 from servers import Server, real_images, start_server
 
 http = require_module("tritonclient.http")
+grpc = require_module("tritonclient.grpc")
+httpx = require_module("httpx")
 InferenceServerException = require_module("tritonclient.utils").InferenceServerException
 WEIGHTS = "resnet20.rk_cifar10"  # the shipped CIFAR-10 ResNet-20
 MODEL = "resnet20"
@@ -28,7 +31,9 @@ MODEL = "resnet20"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[Server]:
-    s = start_server(tmp_path_factory.mktemp("oip"), "--threads", "1", "--max-delay-ms", "20", checkpoint=WEIGHTS)
+    s = start_server(
+        tmp_path_factory.mktemp("oip"), "--threads", "1", "--max-delay-ms", "20", "--grpc-port", "0", checkpoint=WEIGHTS
+    )
     try:
         yield s
     finally:
@@ -38,6 +43,12 @@ def server(tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def client(server) -> http.InferenceServerClient:
     return http.InferenceServerClient(server.url.removeprefix("http://"))
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server) -> grpc.InferenceServerClient:
+    port = httpx.get(f"{server.url}/v1/metadata", timeout=30).json()["grpc_port"]  # --grpc-port 0: the one taken
+    return grpc.InferenceServerClient(f"127.0.0.1:{port}")
 
 
 @pytest.fixture(scope="module")
@@ -145,8 +156,6 @@ def test_bad_requests_are_answered_in_oip_shape_and_the_server_goes_on(client, s
         with pytest.raises(InferenceServerException) as caught:
             call()
         assert caught.value.status() == status and words in caught.value.message(), (name, str(caught.value))
-    import httpx
-
     r = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", content=b"{not json", timeout=30)
     assert r.status_code == 400 and isinstance(r.json()["error"], str)  # OIP's shape: {"error": "..."}
     as_text = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["abc"]}]}
@@ -193,3 +202,73 @@ def test_the_batcher_keeps_encoded_images_and_tensors_in_separate_batches() -> N
 
     assert asyncio.run(requests()) == [[0.0, 1.0], [10.0, 11.0, 12.0], [2.0]]
     assert batches == [(torch.uint8, 2), (torch.float32, 3), (torch.uint8, 1)]
+
+
+def _grpc_encoded(paths: list[Path]) -> grpc.InferInput:
+    tensor = grpc.InferInput("image", [len(paths)], "BYTES")
+    tensor.set_data_from_numpy(np.array([p.read_bytes() for p in paths], dtype=object))
+    return tensor
+
+
+def test_grpc_answers_as_rest_does(grpc_client, client, images) -> None:
+    """The same model over gRPC: health, metadata, BYTES and FP32 inputs, classification strings — the numbers of
+    the REST answers to the same requests; errors as gRPC status codes, the server healthy after."""
+    g = grpc_client
+    assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(MODEL, "1") and not g.is_model_ready("x")
+    assert g.get_server_metadata(as_json=True)["name"] == "resnetkit"
+    meta = g.get_model_metadata(MODEL, as_json=True)
+    assert [t["name"] for t in meta["inputs"]] == ["input", "image"] and meta["outputs"][1]["shape"] == ["-1", "10"]
+    paths = list(images.values())
+    asked = [grpc.InferRequestedOutput("probabilities"), grpc.InferRequestedOutput("logits", class_count=2)]
+    over_grpc = g.infer(MODEL, [_grpc_encoded(paths)], outputs=asked, request_id="g1")
+    rest = [http.InferRequestedOutput("probabilities"), http.InferRequestedOutput("logits", class_count=2)]
+    over_rest = client.infer(MODEL, [_encoded(paths)], outputs=rest)
+    assert over_grpc.get_response().id == "g1"
+    assert np.allclose(over_grpc.as_numpy("probabilities"), over_rest.as_numpy("probabilities"), atol=1e-6)
+    assert over_grpc.as_numpy("logits").tolist() == over_rest.as_numpy("logits").tolist()  # "score:index:label"
+    x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    tensors = grpc.InferInput("input", [2, 3, 32, 32], "FP32")
+    tensors.set_data_from_numpy(x)
+    rest_tensors = http.InferInput("input", [2, 3, 32, 32], "FP32")
+    rest_tensors.set_data_from_numpy(x)
+    got, want = g.infer(MODEL, [tensors]).as_numpy("logits"), client.infer(MODEL, [rest_tensors]).as_numpy("logits")
+    assert np.allclose(got, want, atol=1e-5)
+    for call, code in (
+        (lambda: g.infer("resnet50", [tensors]), "StatusCode.NOT_FOUND"),
+        (lambda: g.infer(MODEL, [tensors], model_version="2"), "StatusCode.NOT_FOUND"),
+        (
+            lambda: g.infer(MODEL, [_grpc_encoded([images["cat"]])], outputs=[grpc.InferRequestedOutput("x")]),
+            "StatusCode.INVALID_ARGUMENT",
+        ),
+    ):
+        with pytest.raises(InferenceServerException) as caught:
+            call()
+        assert str(caught.value.status()) == code, str(caught.value)
+    assert g.is_server_ready() and g.infer(MODEL, [_grpc_encoded([images["dog"]])]).as_numpy("probabilities").shape == (
+        1,
+        10,
+    )
+
+
+def test_sigterm_drains_grpc_requests_in_flight(tmp_path, images) -> None:
+    """A gRPC request waiting in the batcher when SIGTERM comes is answered; the server then exits 0."""
+    import threading
+    import time
+
+    s = start_server(tmp_path, "--max-delay-ms", "3000", "--threads", "1", "--grpc-port", "0", checkpoint=WEIGHTS)
+    answer: list = []
+    try:
+        port = httpx.get(f"{s.url}/v1/metadata", timeout=30).json()["grpc_port"]
+        g = grpc.InferenceServerClient(f"127.0.0.1:{port}")
+        t = threading.Thread(target=lambda: answer.append(g.infer(MODEL, [_grpc_encoded([images["cat"]])])))
+        t.start()
+        in_flight = 'resnetkit_requests_in_progress{endpoint="v2_grpc_infer"}'
+        deadline = time.monotonic() + 120
+        while s.metric(in_flight) < 1:  # the request reached the batcher (a lone image waits 3 s for company)
+            assert t.is_alive() and time.monotonic() < deadline, s.log.read_text()
+            time.sleep(0.01)
+    finally:
+        code = s.stop()
+    assert code == 0, s.log.read_text()
+    t.join(timeout=60)
+    assert answer and answer[0].as_numpy("probabilities").shape == (1, 10)

@@ -27,6 +27,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--model-name", help="the model's name under /v2 (Open Inference Protocol; default: its architecture)"
     )
     p.add_argument("--model-version", default="1", help="the model's version under /v2")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        help="also serve the Open Inference Protocol over gRPC here (0: a free port, shown in /v1/metadata)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,12 +45,16 @@ def run(args: argparse.Namespace) -> int:
     from resnetkit.config import ConfigError
     from resnetkit.runtime import Predictor
     from resnetkit.serve.app import SETTINGS_ENV
-    from resnetkit.serve.deps import require
+    from resnetkit.serve.deps import require, require_grpc
 
     uvicorn = require("uvicorn")
     require("fastapi"), require("python_multipart"), require("prometheus_client")
     if args.workers < 1 or args.max_batch < 1 or args.max_queue < 1 or not 0 <= args.port < 65536:
         raise ConfigError("--workers, --max-batch and --max-queue must be at least 1, --port in 0..65535")
+    if args.grpc_port is not None and (args.workers > 1 or not 0 <= args.grpc_port < 65536):
+        raise ConfigError("--grpc-port (0..65535) serves from one process: drop --workers")
+    if args.grpc_port is not None:
+        require_grpc("grpc"), require_grpc("tritonclient.grpc")
     if args.threads:
         torch.set_num_threads(args.threads)
     Predictor.load(args.checkpoint)  # a bad checkpoint is a one-line error here, not a failed start-up later
@@ -89,6 +98,8 @@ def _settings(args: argparse.Namespace) -> Any:
         threads=args.threads,
         model_name=args.model_name,
         model_version=args.model_version,
+        grpc_port=args.grpc_port,
+        grpc_host=args.host,
     )
 
 

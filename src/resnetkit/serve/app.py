@@ -43,6 +43,7 @@ class Service:
         self.ready = False
         self.metrics = ServiceMetrics(lambda: self.batcher.depth if self.batcher else 0)
         self.batcher: DynamicBatcher | None = None
+        self.grpc_port: int | None = None  # bound by the lifespan when --grpc-port asks for gRPC
 
     def load(self) -> None:
         if self.settings.threads:
@@ -87,10 +88,22 @@ class Service:
         with self.predictor.running():
             await asyncio.to_thread(self.warm_up)
             self.batcher.start()
+            grpc_server = await self._start_grpc()
             self.ready = True
             yield
             self.ready = False
+            if grpc_server is not None:  # finish the RPCs in flight (up to the request timeout), refuse new ones
+                await grpc_server.stop(grace=self.settings.timeout_s)
             await self.batcher.stop()
+
+    async def _start_grpc(self) -> Any:
+        """The OIP gRPC server on --grpc-port (None without one); the port it bound is in /v1/metadata."""
+        if self.settings.grpc_port is None:
+            return None
+        from resnetkit.serve.grpc_service import start_grpc
+
+        server, self.grpc_port = await start_grpc(self, self.settings.grpc_host, self.settings.grpc_port)
+        return server
 
     async def predict(self, request: Any) -> tuple[list[str], list[Answer], float]:
         """The names and answers (class probabilities, queue and forward times) of a request's images, and the
@@ -139,6 +152,7 @@ class Service:
             "precision": described["precision"],
             "resnetkit_version": VERSION,
             "settings": asdict(self.settings),
+            "grpc_port": self.grpc_port,
         }
 
     def answer(self, names: list[str], answers: list[Answer]) -> dict[str, Any]:

@@ -12,3 +12,8 @@ EXTRA = "serve"
 def require(module: str) -> ModuleType:
     """`import module`, or a one-line error naming the extra to install."""
     return require_extra(module, EXTRA, "resnetkit serve")
+
+
+def require_grpc(module: str) -> ModuleType:
+    """`import module` for gRPC serving, or a one-line error naming the `grpc` extra."""
+    return require_extra(module, "grpc", "resnetkit serve --grpc-port")

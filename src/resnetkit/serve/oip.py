@@ -74,15 +74,41 @@ def parse_infer_request(body: bytes, header_length: str | None, size: int, max_i
     if len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise OipError(400, f"send exactly one input, '{INPUT}' (FP32 images) or '{IMAGE}' (encoded BYTES)")
     tensor = inputs[0]
-    name, shape, datatype = tensor.get("name"), tensor.get("shape"), tensor.get("datatype")
+    raw = _binary_of(tensor, binary, offset=0)
+    data = tensor.get("data")
+    return parsed_request(
+        request.get("id"),
+        tensor.get("name"),
+        tensor.get("shape"),
+        tensor.get("datatype"),
+        raw,
+        data,
+        _requested_outputs(request),
+        size,
+        max_images,
+    )
+
+
+def parsed_request(
+    id: str | None,
+    name: Any,
+    shape: Any,
+    datatype: Any,
+    raw: bytes | None,
+    data: Any,
+    outputs: list[RequestedOutput],
+    size: int,
+    max_images: int,
+) -> InferRequest:
+    """The checked request from its one input (its raw bytes or its JSON data) and the outputs it asks for: what
+    REST and gRPC share."""
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise OipError(400, f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
-    raw = _binary_of(tensor, binary, offset=0)
-    parsed = InferRequest(request.get("id"), str(name), outputs=_requested_outputs(request))
+    parsed = InferRequest(id, str(name), outputs=outputs)
     if name == INPUT:
-        parsed.tensors = _fp32_images(tensor, shape, datatype, raw, size)
+        parsed.tensors = _fp32_images(data, shape, datatype, raw, size)
     elif name == IMAGE:
-        parsed.encoded = _encoded_images(tensor, shape, datatype, raw)
+        parsed.encoded = _encoded_images(shape, datatype, raw)
     else:
         raise OipError(400, f"unknown input '{name}': the model takes '{INPUT}' (FP32) or '{IMAGE}' (BYTES)")
     if parsed.batch == 0:
@@ -92,20 +118,45 @@ def parse_infer_request(body: bytes, header_length: str | None, size: int, max_i
     return parsed
 
 
+def output_arrays(
+    request: InferRequest, logits: torch.Tensor, probs: torch.Tensor, classes: list[str]
+) -> list[tuple[RequestedOutput, np.ndarray]]:
+    """Each requested output (all of them when none is named) with its values: FP32 [N, classes], or BYTES [N, k]
+    of the classification extension."""
+    values = {LOGITS: logits.float().numpy(), PROBABILITIES: probs.float().numpy()}
+    asked = request.outputs or [RequestedOutput(name, binary=False) for name in OUTPUTS]
+    return [
+        (
+            out,
+            _classification(values[out.name], out.classification, classes) if out.classification else values[out.name],
+        )
+        for out in asked
+    ]
+
+
+def serialized(array: np.ndarray) -> bytes:
+    """A tensor's raw bytes as the binary extension and gRPC's raw contents carry them: little-endian numbers, or
+    BYTES elements each preceded by its 4-byte little-endian length."""
+    if array.dtype == object:
+        return b"".join(struct.pack("<I", len(v)) + v for v in array.reshape(-1))
+    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+
+
+def datatype_of(array: np.ndarray) -> str:
+    if array.dtype == object:
+        return "BYTES"
+    return next(name for name, kind in _NUMPY.items() if array.dtype == kind)
+
+
 def infer_response(
     request: InferRequest, model: str, version: str, logits: torch.Tensor, probs: torch.Tensor, classes: list[str]
 ) -> tuple[bytes, str | None]:
-    """The answer's body and, when any output travels as binary data, the length of its JSON header."""
-    values = {LOGITS: logits.float().numpy(), PROBABILITIES: probs.float().numpy()}
+    """The REST answer's body and, when any output travels as binary data, the length of its JSON header."""
     outputs, blobs = [], []
-    for out in request.outputs or [RequestedOutput(name, binary=False) for name in OUTPUTS]:
-        if out.classification:
-            array = _classification(values[out.name], out.classification, classes)
-        else:
-            array = values[out.name]
-        entry: dict[str, Any] = {"name": out.name, "shape": list(array.shape), "datatype": _datatype(array)}
+    for out, array in output_arrays(request, logits, probs, classes):
+        entry: dict[str, Any] = {"name": out.name, "shape": list(array.shape), "datatype": datatype_of(array)}
         if out.binary:
-            blob = _serialize(array)
+            blob = serialized(array)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
@@ -158,7 +209,7 @@ def _requested_outputs(request: dict[str, Any]) -> list[RequestedOutput]:
     return found
 
 
-def _fp32_images(tensor: dict[str, Any], shape: list[int], datatype: Any, raw: bytes | None, size: int) -> np.ndarray:
+def _fp32_images(data: Any, shape: list[int], datatype: Any, raw: bytes | None, size: int) -> np.ndarray:
     want = f"[N, 3, {size}, {size}]"
     if datatype != "FP32":
         raise OipError(400, f"input '{INPUT}' is FP32 {want}, got datatype {datatype!r}")
@@ -170,7 +221,7 @@ def _fp32_images(tensor: dict[str, Any], shape: list[int], datatype: Any, raw: b
             raise OipError(400, f"input '{INPUT}': {len(raw)} bytes of binary data for {count} FP32 values")
         return np.frombuffer(raw, dtype="<f4").reshape(shape).copy()
     try:
-        values = np.asarray(tensor.get("data"), dtype=np.float32).reshape(-1)
+        values = np.asarray(data, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError):
         raise OipError(400, f"input '{INPUT}': data must be numbers") from None
     if values.size != count:
@@ -178,7 +229,7 @@ def _fp32_images(tensor: dict[str, Any], shape: list[int], datatype: Any, raw: b
     return values.reshape(shape)
 
 
-def _encoded_images(tensor: dict[str, Any], shape: list[int], datatype: Any, raw: bytes | None) -> list[bytes]:
+def _encoded_images(shape: list[int], datatype: Any, raw: bytes | None) -> list[bytes]:
     if datatype != "BYTES" or len(shape) != 1:
         raise OipError(400, f"input '{IMAGE}' is BYTES [N] (one encoded image each), got {datatype!r} {shape}")
     if raw is None:
@@ -203,15 +254,3 @@ def _classification(values: np.ndarray, k: int, classes: list[str]) -> np.ndarra
     order = np.argsort(-values, axis=1, kind="stable")[:, :k]
     rows = [[f"{values[r, i]:f}:{i}:{classes[i]}".encode() for i in row] for r, row in enumerate(order)]
     return np.array(rows, dtype=object).reshape(values.shape[0], k)
-
-
-def _datatype(array: np.ndarray) -> str:
-    if array.dtype == object:
-        return "BYTES"
-    return next(name for name, kind in _NUMPY.items() if array.dtype == kind)
-
-
-def _serialize(array: np.ndarray) -> bytes:
-    if array.dtype == object:
-        return b"".join(struct.pack("<I", len(v)) + v for v in array.reshape(-1))
-    return np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()

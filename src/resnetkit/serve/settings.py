@@ -19,3 +19,5 @@ class ServeSettings:
     threads: int | None = None  # torch (and so ONNX Runtime) threads in each worker process
     model_name: str | None = None  # OIP v2's model name (default: the served model's architecture)
     model_version: str = "1"  # OIP v2's model version
+    grpc_port: int | None = None  # OIP v2 over gRPC on this port (0: a free one, see /v1/metadata); None: no gRPC
+    grpc_host: str = "127.0.0.1"

@@ -14,6 +14,7 @@ from resnetkit.serve.oip import (
     IMAGE,
     INPUT,
     OUTPUTS,
+    InferRequest,
     OipError,
     infer_response,
     parse_infer_request,
@@ -100,13 +101,23 @@ def model_record(service: Any, name: str, version: str) -> dict[str, Any]:
 
 
 async def run_infer(service: Any, request: Any) -> tuple[bytes, str | None, int]:
-    """The answer's body, its binary header length (or None) and the images it answered, through the batcher."""
+    """The REST answer's body, its binary header length (or None) and the images it answered."""
     s, pre = service.settings, service.predictor.preprocessing
     try:
         body = await read_body(request, int(s.max_body_mb * 1024 * 1024))
     except RequestError as e:
         raise OipError(e.status, str(e)) from None
     parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH), pre.size, s.max_images)
+    logits, probs = await answer(service, parsed)
+    name, version, classes = service.model_name, service.model_version, service.predictor.classes
+    body, header_length = infer_response(parsed, name, version, logits, probs, classes)
+    return body, header_length, len(logits)
+
+
+async def answer(service: Any, parsed: InferRequest) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, probabilities) of a parsed request's images through the service's batcher (REST and gRPC): encoded
+    images decoded off the event loop by the one image reader, FP32 tensors as they are."""
+    s, pre = service.settings, service.predictor.preprocessing
     if parsed.input_name == IMAGE:
         size, names = pre.storage_size, [f"image {i}" for i in range(parsed.batch)]
         work = (
@@ -126,7 +137,4 @@ async def run_infer(service: Any, request: Any) -> tuple[bytes, str | None, int]
     except asyncio.TimeoutError:
         raise OipError(504, f"no answer within {s.timeout_s:g} s") from None
     logits = torch.stack([a.row[service.LOGITS_ROW] for a in answers])
-    probs = torch.stack([a.row[service.PROBS_ROW] for a in answers])
-    name, version, classes = service.model_name, service.model_version, service.predictor.classes
-    body, header_length = infer_response(parsed, name, version, logits, probs, classes)
-    return body, header_length, len(answers)
+    return logits, torch.stack([a.row[service.PROBS_ROW] for a in answers])
