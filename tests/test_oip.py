@@ -272,3 +272,56 @@ def test_sigterm_drains_grpc_requests_in_flight(tmp_path, images) -> None:
     assert code == 0, s.log.read_text()
     t.join(timeout=60)
     assert answer and answer[0].as_numpy("probabilities").shape == (1, 10)
+
+
+def test_an_api_key_guards_everything_but_health_and_is_never_shown(tmp_path, images) -> None:
+    """--api-key-file: REST and gRPC refuse calls without `Bearer KEY` (401 / UNAUTHENTICATED) except liveness and
+    readiness; with it they answer. The key is in neither /v1/metadata nor the server's output."""
+    key = "k3y-for-this-test-only"
+    (tmp_path / "key.txt").write_text(key + "\n")
+    s = start_server(
+        tmp_path, "--threads", "1", "--api-key-file", str(tmp_path / "key.txt"), "--grpc-port", "0", checkpoint=WEIGHTS
+    )
+    bearer = {"Authorization": f"Bearer {key}"}
+    try:
+        for path in ("/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"):
+            assert httpx.get(f"{s.url}{path}", timeout=30).status_code == 200, path
+        for path in ("/v1/metadata", "/metrics", f"/v2/models/{MODEL}", "/v2"):
+            refused = httpx.get(f"{s.url}{path}", timeout=30)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer", path
+            wrong = httpx.get(f"{s.url}{path}", headers={"Authorization": "Bearer nope"}, timeout=30)
+            assert (
+                wrong.status_code == 401 and httpx.get(f"{s.url}{path}", headers=bearer, timeout=30).status_code == 200
+            )
+        v1 = s.post([("file", ("cat.jpg", images["cat"].read_bytes()))])
+        assert v1.status_code == 401 and "Bearer" in v1.json()["error"]["message"]  # /v1's error shape
+        meta = httpx.get(f"{s.url}/v1/metadata", headers=bearer, timeout=30).json()
+        assert key not in json.dumps(meta) and meta["settings"]["api_key_required"] is True
+        rest = http.InferenceServerClient(s.url.removeprefix("http://"))
+        assert rest.is_server_live() and rest.is_server_ready()
+        with pytest.raises(InferenceServerException) as caught:
+            rest.infer(MODEL, [_encoded([images["cat"]])])
+        assert caught.value.status() == "401" and "Bearer" in caught.value.message()
+        assert rest.infer(MODEL, [_encoded([images["cat"]])], headers=bearer).as_numpy("probabilities").shape == (1, 10)
+        g = grpc.InferenceServerClient(f"127.0.0.1:{meta['grpc_port']}")
+        assert g.is_server_live() and g.is_server_ready() and g.is_model_ready(MODEL)
+        with pytest.raises(InferenceServerException) as caught:
+            g.infer(MODEL, [_grpc_encoded([images["dog"]])])
+        assert str(caught.value.status()) == "StatusCode.UNAUTHENTICATED"
+        answer = g.infer(MODEL, [_grpc_encoded([images["dog"]])], headers={"authorization": f"Bearer {key}"})
+        assert answer.as_numpy("probabilities").shape == (1, 10)
+    finally:
+        assert s.stop() == 0, s.log.read_text()
+    assert key not in s.log.read_text()
+
+
+def test_a_bad_api_key_source_is_one_line(tmp_path, capsys) -> None:
+    (tmp_path / "empty.txt").write_text("\n")
+    for args, words in (
+        (["--api-key-file", str(tmp_path / "missing.txt")], "cannot read --api-key-file"),
+        (["--api-key-file", str(tmp_path / "empty.txt")], "the API key is empty"),
+        (["--grpc-port", "0", "--workers", "2"], "drop --workers"),
+    ):
+        assert main(["serve", "--checkpoint", WEIGHTS, "--port", "0", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and words in err, err

@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 KEEP_ALIVE_S = 30
+API_KEY_ENV = "RESNETKIT_API_KEY"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,6 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--model-name", help="the model's name under /v2 (Open Inference Protocol; default: its architecture)"
     )
     p.add_argument("--model-version", default="1", help="the model's version under /v2")
+    p.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV}, if set)")
+    p.add_argument("--api-key-file", help="read the API key from this file (its first line)")
     p.add_argument(
         "--grpc-port",
         type=int,
@@ -100,7 +103,28 @@ def _settings(args: argparse.Namespace) -> Any:
         model_version=args.model_version,
         grpc_port=args.grpc_port,
         grpc_host=args.host,
+        api_key=_api_key(args),
     )
+
+
+def _api_key(args: argparse.Namespace) -> str | None:
+    """--api-key, else the first line of --api-key-file, else $RESNETKIT_API_KEY, else None (no access control)."""
+    import os
+
+    from resnetkit.config import ConfigError
+
+    key = args.api_key
+    if key is None and args.api_key_file:
+        try:
+            lines = open(args.api_key_file, encoding="utf-8").read().splitlines()  # noqa: SIM115
+        except OSError as e:
+            raise ConfigError(f"cannot read --api-key-file {args.api_key_file}: {e.strerror or e}") from None
+        key = lines[0].strip() if lines else ""
+    if key is None:
+        key = os.environ.get(API_KEY_ENV)
+    if key is not None and not key.strip():
+        raise ConfigError("the API key is empty: give a non-empty --api-key, --api-key-file or $" + API_KEY_ENV)
+    return key.strip() if key is not None else None
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:

@@ -9,7 +9,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any  # no `from __future__ import annotations`: FastAPI reads the route annotations
 
@@ -19,6 +18,7 @@ from resnetkit.constants import VERSION
 from resnetkit.explain.gradcam import grad_cam
 from resnetkit.explain.overlay import overlay_image, png_bytes
 from resnetkit.runtime import Predictor
+from resnetkit.serve.auth import OPEN_PATHS, REFUSAL, allowed
 from resnetkit.serve.batcher import Answer, DynamicBatcher, QueueFull
 from resnetkit.serve.deps import require
 from resnetkit.serve.metrics import ServiceMetrics
@@ -151,7 +151,7 @@ class Service:
             "runtime": described["runtime"],
             "precision": described["precision"],
             "resnetkit_version": VERSION,
-            "settings": asdict(self.settings),
+            "settings": self.settings.public(),
             "grpc_port": self.grpc_port,
         }
 
@@ -174,6 +174,7 @@ def create_app(settings: ServeSettings) -> Any:
     app.state.service = service
 
     _json_errors(app)
+    _api_key(app, settings.api_key)
     add_v2_routes(app, service)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -214,6 +215,18 @@ def create_app(settings: ServeSettings) -> Any:
             return JSONResponse(body, headers={"Server-Timing": server_timing(decode, answers, encode)})
 
     return app
+
+
+def _api_key(app: Any, key: str | None) -> None:
+    """With a key: 401 (and WWW-Authenticate: Bearer) for any request but health and readiness without it."""
+    if key is None:
+        return
+
+    @app.middleware("http")
+    async def require_key(request: Any, call_next: Any) -> Any:
+        if request.url.path in OPEN_PATHS or allowed(request.headers.get("authorization"), key):
+            return await call_next(request)
+        return _error(401, REFUSAL, {"WWW-Authenticate": "Bearer"}, request.url.path)
 
 
 def server_timing(decode_s: float, answers: list[Answer], encode_start: float) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from resnetkit.serve.auth import REFUSAL, allowed
 from resnetkit.serve.deps import require_grpc
 from resnetkit.serve.oip import IMAGE, OipError, RequestedOutput, datatype_of, output_arrays, parsed_request, serialized
 from resnetkit.serve.v2 import SERVER_NAME, answer, model_record, served
@@ -64,12 +65,14 @@ class _Servicer:
         return self.pb2.ModelReadyResponse(ready=self.service.ready)
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._check_key(context)
         from resnetkit.constants import VERSION
         from resnetkit.serve.oip import EXTENSIONS
 
         return self.pb2.ServerMetadataResponse(name=SERVER_NAME, version=VERSION, extensions=EXTENSIONS)
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._check_key(context)
         try:
             record = model_record(self.service, request.name, request.version)
         except OipError as e:
@@ -84,6 +87,7 @@ class _Servicer:
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:  # noqa: N802
+        await self._check_key(context)
         s = self.service
         with s.metrics.request("v2_grpc_infer") as record:
             try:
@@ -122,6 +126,13 @@ class _Servicer:
         return parsed_request(
             request.id or None, tensor.name, shape, tensor.datatype, raw, data, outputs, pre.size, s.settings.max_images
         )
+
+    async def _check_key(self, context: Any) -> None:
+        """UNAUTHENTICATED unless the call carries the API key (when one is set) as `authorization` metadata;
+        liveness and readiness (ServerLive, ServerReady, ModelReady) never ask for it."""
+        metadata = dict(context.invocation_metadata() or ())
+        if not allowed(metadata.get("authorization"), self.service.settings.api_key):
+            await context.abort(self.grpc.StatusCode.UNAUTHENTICATED, REFUSAL.replace("header", "metadata"))
 
     async def _abort(self, context: Any, error: OipError) -> None:
         await context.abort(getattr(self.grpc.StatusCode, _CODES.get(error.status, "INTERNAL")), str(error))

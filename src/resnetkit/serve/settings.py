@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 
 @dataclass
@@ -21,3 +21,9 @@ class ServeSettings:
     model_version: str = "1"  # OIP v2's model version
     grpc_port: int | None = None  # OIP v2 over gRPC on this port (0: a free one, see /v1/metadata); None: no gRPC
     grpc_host: str = "127.0.0.1"
+    api_key: str | None = field(default=None, repr=False)  # Bearer key for all but health/readiness; never shown
+
+    def public(self) -> dict:
+        """The settings as /v1/metadata shows them: the API key left out (only whether one is set)."""
+        shown = {k: v for k, v in asdict(self).items() if k != "api_key"}
+        return shown | {"api_key_required": self.api_key is not None}
