@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import resnetkit
 from resnetkit.cli.main import main
 from resnetkit.data.images import read_image
 from resnetkit.runtime import Predictor
@@ -325,3 +326,42 @@ def test_a_bad_api_key_source_is_one_line(tmp_path, capsys) -> None:
         assert main(["serve", "--checkpoint", WEIGHTS, "--port", "0", *args]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
+
+
+def test_export_writes_a_triton_model_repository_entry(tmp_path, images, capsys) -> None:
+    """`export --format triton`: config.pbtxt parsed with the schema tritonclient ships (ModelConfig) names the ONNX
+    file's input and output with its dims (batch dimension dynamic), labels.txt holds the classes in order, and the
+    file answers a real image with the logits `predict` computes; a second export onto the entry is refused."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    onnx = require_module("onnx")
+    ort = require_module("onnxruntime")
+    repo = tmp_path / "repo"
+    assert (
+        main(["-q", "export", "--checkpoint", WEIGHTS, "--format", "triton", "--out", str(repo), "--max-batch", "8"])
+        == 0
+    )
+    entry = repo / MODEL
+    config = text_format.Parse((entry / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.name == MODEL and config.backend == "onnxruntime" and config.max_batch_size == 8
+    assert config.HasField("dynamic_batching")
+    graph = onnx.load(str(entry / "1" / "model.onnx")).graph
+
+    def dims(value) -> list[int]:
+        return [d.dim_value for d in value.type.tensor_type.shape.dim][1:]  # the batch dimension is Triton's
+
+    assert [(t.name, list(t.dims)) for t in config.input] == [(v.name, dims(v)) for v in graph.input]
+    assert [(t.name, list(t.dims)) for t in config.output] == [(v.name, dims(v)) for v in graph.output]
+    assert config.input[0].data_type == model_config_pb2.TYPE_FP32 and config.output[0].label_filename == "labels.txt"
+    predictor = Predictor.load(WEIGHTS)
+    assert (entry / "labels.txt").read_text().splitlines() == predictor.classes
+    meta = {p.key: p.value for p in onnx.load(str(entry / "1" / "model.onnx")).metadata_props}
+    assert json.loads(meta["resnetkit"])["resnetkit_version"] == resnetkit.__version__
+    x = predictor.prepare(read_image(images["cat"], size=predictor.preprocessing.storage_size)[None])
+    session = ort.InferenceSession(str(entry / "1" / "model.onnx"))
+    got = session.run(None, {"input": x.contiguous().numpy()})[0]
+    assert np.allclose(got, predictor.logits(x).numpy(), atol=1e-4)
+    capsys.readouterr()
+    assert main(["export", "--checkpoint", WEIGHTS, "--format", "triton", "--out", str(repo)]) == 2
+    assert "exists already" in capsys.readouterr().err and sorted(p.name for p in repo.iterdir()) == [MODEL]

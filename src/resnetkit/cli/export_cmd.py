@@ -12,8 +12,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p = sub.add_parser("export", help="export a checkpoint to ONNX (fp32 / int8) or torch.export .pt2")
     p.add_argument("--checkpoint", help="run folder, checkpoint, weights file (with --model) or registered name")
     p.add_argument("--model", help="architecture: untrained alone, or the one a plain weights file is for")
-    p.add_argument("--format", default="onnx", help="onnx | pt2 (default: onnx)")
-    p.add_argument("--out", required=True, help="the file to write")
+    p.add_argument(
+        "--format", default="onnx", help="onnx | pt2 | triton (a Triton model repository entry; default onnx)"
+    )
+    p.add_argument("--out", required=True, help="the file to write (triton: the model repository folder)")
+    p.add_argument("--name", help="triton: the model's name in the repository (default: its architecture)")
+    p.add_argument("--max-batch", type=int, default=64, help="triton: max_batch_size (the dynamic batch)")
     p.add_argument("--int8", action="store_true", help="static int8 (ONNX Runtime), calibrated on --data")
     p.add_argument("--data", choices=DATA_CHOICES, help="int8: calibration images (their training split)")
     p.add_argument("--data-dir")
@@ -23,20 +27,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
-    from resnetkit.workflows.deploy import export_checkpoint
+    from resnetkit.workflows.deploy import export_checkpoint, export_triton
 
-    meta = export_checkpoint(
-        args.checkpoint,
-        args.format,
-        args.out,
-        model=args.model,
-        int8=args.int8,
-        data=args.data,
-        data_dir=args.data_dir,
-        calib_size=args.calib_size,
-        seed=args.seed,
-        download=args.download,
-    )
+    options = dict(model=args.model, int8=args.int8, data=args.data, data_dir=args.data_dir)
+    options |= dict(calib_size=args.calib_size, seed=args.seed, download=args.download)
+    if args.format == "triton":
+        entry, meta = export_triton(args.checkpoint, args.out, name=args.name, max_batch_size=args.max_batch, **options)
+        print(
+            f"wrote {entry}: config.pbtxt, labels.txt, 1/model.onnx ({meta.precision}, {meta.architecture}, "
+            f"{len(meta.classes)} classes, max_batch_size {args.max_batch})"
+        )
+        return 0
+    meta = export_checkpoint(args.checkpoint, args.format, args.out, **options)
     size = Path(args.out).stat().st_size / 1e6
     calib = f", calibrated on {meta.calibration['images']} images" if meta.calibration else ""
     print(

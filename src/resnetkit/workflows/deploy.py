@@ -4,8 +4,11 @@ architecture made into a deployable, self-describing ONNX or `.pt2` file, int8 w
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,6 +17,7 @@ from resnetkit.constants import VERSION
 from resnetkit.data.factory import load_eval_split
 from resnetkit.errors import ExportError
 from resnetkit.export import FORMATS, ExportMeta, export_model
+from resnetkit.export.triton import MODEL_FILE, MODEL_VERSION, write_entry
 from resnetkit.models import create_model, get_model_entry, resolve_data_config
 from resnetkit.runtime import Loaded, Predictor, file_format, load_model
 from resnetkit.transforms import preprocessing_for
@@ -107,3 +111,33 @@ def _calibration(
     log.info("calibrating int8 on %d %s training images", n, data)
     for start in range(0, n, CALIB_BATCH):
         yield pre.eval_batch(ds.images[order[start : start + CALIB_BATCH]]).numpy()
+
+
+def export_triton(
+    source: str | None, repository: str | Path, *, name: str | None = None, max_batch_size: int = 64, **onnx: Any
+) -> tuple[Path, ExportMeta]:
+    """`source` as a Triton model repository entry `repository/NAME` (NAME: `name`, else the architecture):
+    config.pbtxt, labels.txt and 1/model.onnx (fp32, or int8 with `onnx`'s int8 options). Built beside its final
+    place and moved there whole: a failed export leaves nothing in the repository; an entry already there is
+    refused, not overwritten."""
+    if max_batch_size < 1:
+        raise ExportError(f"--max-batch must be at least 1 (Triton's dynamic batch), got {max_batch_size}")
+    repository = Path(repository)
+    if repository.exists() and not repository.is_dir():
+        raise ExportError(f"{repository} is a file: --format triton writes a model repository folder")
+    staging = Path(tempfile.mkdtemp(prefix=".resnetkit-triton-", dir=_made(repository)))
+    try:
+        meta = export_checkpoint(source, "onnx", staging / MODEL_VERSION / MODEL_FILE, **onnx)
+        entry = repository / (name or meta.architecture)
+        if entry.exists():
+            raise ExportError(f"{entry} exists already: remove it or choose another --name")
+        write_entry(staging, entry.name, meta.preprocessing_obj().size, list(meta.classes), max_batch_size)
+        staging.rename(entry)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return entry, meta
+
+
+def _made(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
