@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 from resnetkit.data.cifar import load_cifar
-from resnetkit.workflows.deploy import export_checkpoint
 from resnetkit.models import create_model
 from resnetkit.runtime import load_model
+from resnetkit.workflows.deploy import export_checkpoint
 
 
 def rate(run, batches: list[torch.Tensor], seconds: float = 4.0) -> float:

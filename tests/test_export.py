@@ -390,3 +390,57 @@ def test_torch_steps_aside_while_onnx_runtime_computes(exported) -> None:
             assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_an_export_that_disagrees_with_its_model_is_refused(fmt, tmp_path, monkeypatch, capsys) -> None:
+    """Every export runs the written file on real images next to its PyTorch model: a graph that computes something
+    else (here: a classifier whose weights the writer scaled by 1.5) is one error line, and nothing is at --out."""
+    import copy
+
+    import resnetkit.workflows.deploy as deploy
+
+    write = deploy.export_model
+
+    def wrong_graph(model, meta, out, **kwargs):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.get_classifier().weight.mul_(1.5)
+        return write(other, meta, out, **kwargs)
+
+    monkeypatch.setattr(deploy, "export_model", wrong_graph)
+    out = tmp_path / f"model.{fmt}"
+    assert main(["export", "--checkpoint", WEIGHTS, "--format", fmt, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "disagrees with its model on real images" in err, err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(deploy, "export_model", write)
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--format", fmt, "--out", str(out)]) == 0
+    assert "checked on 32 real images" in capsys.readouterr().out and out.is_file()
+
+
+def test_test_data_is_an_onnx_model_zoo_test_set(tmp_path, capsys) -> None:
+    """--test-data 4: test_data_set_0/input_0.pb (4 real images, prepared) and output_0.pb beside the file, named
+    as the graph's input and output; ONNX Runtime on the input gives the recorded output."""
+    onnx = require_module("onnx")
+    ort = require_module("onnxruntime")
+    from onnx import numpy_helper
+
+    out = tmp_path / "zoo" / "model.onnx"
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--out", str(out), "--test-data", "4"]) == 0
+    folder = tmp_path / "zoo" / "test_data_set_0"
+    x = onnx.load_tensor(str(folder / "input_0.pb"))
+    y = onnx.load_tensor(str(folder / "output_0.pb"))
+    graph = onnx.load(str(out)).graph
+    assert (x.name, y.name) == (graph.input[0].name, graph.output[0].name)
+    x, y = numpy_helper.to_array(x), numpy_helper.to_array(y)
+    assert x.shape == (4, 3, 32, 32) and y.shape == (4, 10) and x.std() > 0.1  # real pictures, normalised
+    got = ort.InferenceSession(str(out)).run(None, {graph.input[0].name: x})[0]
+    assert np.allclose(got, y, atol=1e-4)
+    assert (
+        main(
+            ["export", "--checkpoint", WEIGHTS, "--format", "pt2", "--out", str(tmp_path / "m.pt2"), "--test-data", "2"]
+        )
+        == 2
+    )
+    assert "use --format onnx" in capsys.readouterr().err

@@ -24,6 +24,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--calib-size", type=int, default=512, help="int8: calibration images (default 512)")
     p.add_argument("--seed", type=int, default=0, help="int8: which calibration images are drawn")
     p.add_argument("--download", action="store_true")
+    p.add_argument(
+        "--test-data",
+        type=int,
+        default=0,
+        metavar="N",
+        help="onnx: also write test_data_set_0/ (N real images, logits)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,17 +39,21 @@ def run(args: argparse.Namespace) -> int:
     options = dict(model=args.model, int8=args.int8, data=args.data, data_dir=args.data_dir)
     options |= dict(calib_size=args.calib_size, seed=args.seed, download=args.download)
     if args.format == "triton":
-        entry, meta = export_triton(args.checkpoint, args.out, name=args.name, max_batch_size=args.max_batch, **options)
+        entry, meta, check = export_triton(
+            args.checkpoint, args.out, name=args.name, max_batch_size=args.max_batch, **options
+        )
         print(
             f"wrote {entry}: config.pbtxt, labels.txt, 1/model.onnx ({meta.precision}, {meta.architecture}, "
-            f"{len(meta.classes)} classes, max_batch_size {args.max_batch})"
+            f"{len(meta.classes)} classes, max_batch_size {args.max_batch}); {check}"
         )
         return 0
-    meta = export_checkpoint(args.checkpoint, args.format, args.out, **options)
+    meta, check = export_checkpoint(args.checkpoint, args.format, args.out, test_data=args.test_data, **options)
     size = Path(args.out).stat().st_size / 1e6
     calib = f", calibrated on {meta.calibration['images']} images" if meta.calibration else ""
     print(
         f"wrote {args.out}: {meta.format} {meta.precision}, {meta.architecture}, {len(meta.classes)} classes, "
-        f"{size:.2f} MB{calib}"
+        f"{size:.2f} MB{calib}; {check}"
     )
+    if args.test_data:
+        print(f"wrote {Path(args.out).parent / 'test_data_set_0'}: input_0.pb, output_0.pb ({args.test_data} images)")
     return 0

@@ -7,13 +7,16 @@ import logging
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from resnetkit.constants import VERSION
+from resnetkit.data.cifar import load_sample
 from resnetkit.data.factory import load_eval_split
 from resnetkit.errors import ExportError
 from resnetkit.export import FORMATS, ExportMeta, export_model
@@ -25,6 +28,8 @@ from resnetkit.weights.download import sha256_file
 
 log = logging.getLogger(__name__)
 CALIB_BATCH = 64
+CHECK_IMAGES = 32  # real images every export is run on before it counts as written
+INT8_MIN_CORRELATION = 0.98  # of an int8 file's centred logits with the fp32 model's (measured: 0.9998)
 
 
 def export_checkpoint(
@@ -39,7 +44,8 @@ def export_checkpoint(
     calib_size: int = 512,
     seed: int = 0,
     download: bool = False,
-) -> ExportMeta:
+    test_data: int = 0,
+) -> tuple[ExportMeta, FileCheck]:
     """Export `source` (or, with `model` alone, that architecture untrained; with both, a weights file into
     that architecture) to `out`. int8 calibrates on `calib_size` images drawn (seeded) from the training split of
     `data`: calibrating on the test images would tune the file to the numbers it is judged by."""
@@ -49,6 +55,10 @@ def export_checkpoint(
         raise ExportError("--int8 writes ONNX Runtime int8 files: use --format onnx")
     if int8 and not data:
         raise ExportError("--int8 calibrates on real images: give --data (and --data-dir) as for `resnetkit eval`")
+    if test_data and fmt != "onnx":
+        raise ExportError("--test-data writes ONNX test sets (input_0.pb, output_0.pb): use --format onnx")
+    if not 0 <= test_data <= 500:
+        raise ExportError(f"--test-data takes 1 to 500 images (the embedded sample's test set), got {test_data}")
     if int8 and calib_size < 1:
         raise ExportError(f"--calib-size must be at least 1 image, got {calib_size}")
     loaded = _source(source, model)
@@ -63,8 +73,97 @@ def export_checkpoint(
         resnetkit_version=VERSION,
         provenance=Predictor(loaded, source).provenance() or None if source else None,
     )
-    calibration = _calibration(loaded, data, data_dir, calib_size, seed, download) if int8 else None
-    return export_model(loaded.model, meta, out, calibration=calibration)
+    train = (
+        load_eval_split(str(data), data_dir, "train", loaded.preprocessing, download=download, progress=False)
+        if int8
+        else None
+    )
+    calibration = _calibration(loaded, train, str(data), calib_size, seed) if train is not None else None
+    meta = export_model(loaded.model, meta, out, calibration=calibration)
+    # int8 is checked on images like those it was calibrated on (its activation ranges come from them)
+    check = check_written(loaded, meta, Path(out), train.images[:CHECK_IMAGES] if train is not None else None)
+    if test_data:
+        write_test_data(loaded, Path(out).parent, test_data)
+    return meta, check
+
+
+def write_test_data(loaded: Loaded, folder: Path, n: int) -> Path:
+    """An ONNX-model-zoo test set beside the file: `test_data_set_0/input_0.pb` (n real images, prepared as the
+    model takes them) and `output_0.pb` (the PyTorch model's logits for them), as TensorProtos named as the graph's
+    input and output; ONNX's and ONNX Runtime's test runners read this layout."""
+    from onnx import numpy_helper
+
+    from resnetkit.export import INPUT_NAME, OUTPUT_NAME
+
+    x = loaded.preprocessing.eval_batch(_real_images(loaded.preprocessing, n), torch.contiguous_format)
+    with torch.inference_mode():
+        y = loaded.model.float().eval()(x).float()
+    folder = folder / "test_data_set_0"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "input_0.pb").write_bytes(numpy_helper.from_array(x.numpy(), INPUT_NAME).SerializeToString())
+    (folder / "output_0.pb").write_bytes(numpy_helper.from_array(y.numpy(), OUTPUT_NAME).SerializeToString())
+    return folder
+
+
+def _real_images(pre: Any, n: int) -> torch.Tensor:
+    """The first n test images of the embedded CIFAR-10 sample (real photos) at the preprocessing's storage size."""
+    images = load_sample("test").images[:n]
+    if images.shape[-1] != pre.storage_size:
+        size = (pre.storage_size, pre.storage_size)
+        images = F.interpolate(images.float(), size=size, mode="bilinear", antialias=True).round().clamp(0, 255)
+        images = images.to(torch.uint8)
+    return images
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """How the written file answered real images next to the PyTorch model it was made from."""
+
+    images: int
+    max_abs_diff: float  # of the logits
+    correlation: float  # of the logits, each row centred
+    top1_agreement: float
+
+    def __str__(self) -> str:
+        return (
+            f"checked on {self.images} real images: max |logit difference| {self.max_abs_diff:.2e}, "
+            f"top-1 agreement {100 * self.top1_agreement:.1f}%"
+        )
+
+
+def check_written(loaded: Loaded, meta: ExportMeta, out: Path, images: torch.Tensor | None = None) -> FileCheck:
+    """Run the file just written on CHECK_IMAGES real photos (`images`, else the embedded CIFAR-10 sample at the
+    model's input size) and compare its logits with the PyTorch model's: fp32 files within 1e-3 of the logits'
+    scale, int8 files with centred logits correlated at least INT8_MIN_CORRELATION. Beyond that the file is removed
+    and the export refused: a wrong graph never reaches --out."""
+    if images is None:
+        images = _real_images(loaded.preprocessing, CHECK_IMAGES)
+    x = loaded.preprocessing.eval_batch(images, torch.contiguous_format)
+    with torch.inference_mode():
+        want = loaded.model.float().eval()(x).float().numpy()
+    got = Predictor.load(out).logits(x).numpy()
+    check = _compare(got, want)
+    scale = max(1.0, float(np.abs(want).max()))
+    if meta.precision == "int8":
+        ok = check.correlation >= INT8_MIN_CORRELATION
+        limit = f"a correlation of at least {INT8_MIN_CORRELATION}"
+    else:
+        ok = bool(np.isfinite(got).all()) and check.max_abs_diff <= 1e-3 * scale
+        limit = f"at most {1e-3 * scale:.1e}"
+    if not ok:
+        out.unlink(missing_ok=True)
+        raise ExportError(
+            f"the exported file disagrees with its model on real images ({check}; wanted {limit}): not written"
+        )
+    return check
+
+
+def _compare(got: np.ndarray, want: np.ndarray) -> FileCheck:
+    a, b = want - want.mean(1, keepdims=True), got - got.mean(1, keepdims=True)
+    denominator = float(np.sqrt((a**2).sum() * (b**2).sum()))
+    correlation = float((a * b).sum()) / denominator if denominator > 0 else float(np.array_equal(a, b))
+    agreement = float((got.argmax(1) == want.argmax(1)).mean())
+    return FileCheck(len(got), float(np.abs(got - want).max()), correlation, agreement)
 
 
 def _source(source: str | None, model: str | None) -> Loaded:
@@ -97,13 +196,10 @@ def _sha256(loaded: Loaded) -> str:
     return sha256_file(loaded.file) if loaded.file is not None and loaded.file.is_file() else ""
 
 
-def _calibration(
-    loaded: Loaded, data: str | None, data_dir: str | None, calib_size: int, seed: int, download: bool
-) -> Iterator[np.ndarray]:
-    """Normalized float32 batches of `calib_size` training images, prepared as the model's evaluation is (none
-    from an empty split: `export_model` refuses that)."""
+def _calibration(loaded: Loaded, ds: Any, data: str, calib_size: int, seed: int) -> Iterator[np.ndarray]:
+    """Normalized float32 batches of `calib_size` images of `ds` (the training split), prepared as the model's
+    evaluation is (none from an empty split: `export_model` refuses that)."""
     pre = loaded.preprocessing
-    ds = load_eval_split(str(data), data_dir, "train", pre, download=download, progress=False)
     if len(ds.classes) == len(loaded.classes) and list(ds.classes) != loaded.classes:
         log.warning("calibrating on %s, whose class names differ from the model's", data)
     n = min(calib_size, len(ds))
@@ -115,7 +211,7 @@ def _calibration(
 
 def export_triton(
     source: str | None, repository: str | Path, *, name: str | None = None, max_batch_size: int = 64, **onnx: Any
-) -> tuple[Path, ExportMeta]:
+) -> tuple[Path, ExportMeta, FileCheck]:
     """`source` as a Triton model repository entry `repository/NAME` (NAME: `name`, else the architecture):
     config.pbtxt, labels.txt and 1/model.onnx (fp32, or int8 with `onnx`'s int8 options). Built beside its final
     place and moved there whole: a failed export leaves nothing in the repository; an entry already there is
@@ -127,7 +223,7 @@ def export_triton(
         raise ExportError(f"{repository} is a file: --format triton writes a model repository folder")
     staging = Path(tempfile.mkdtemp(prefix=".resnetkit-triton-", dir=_made(repository)))
     try:
-        meta = export_checkpoint(source, "onnx", staging / MODEL_VERSION / MODEL_FILE, **onnx)
+        meta, check = export_checkpoint(source, "onnx", staging / MODEL_VERSION / MODEL_FILE, **onnx)
         entry = repository / (name or meta.architecture)
         if entry.exists():
             raise ExportError(f"{entry} exists already: remove it or choose another --name")
@@ -135,7 +231,7 @@ def export_triton(
         staging.rename(entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return entry, meta
+    return entry, meta, check
 
 
 def _made(folder: Path) -> Path:
