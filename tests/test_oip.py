@@ -365,3 +365,41 @@ def test_export_writes_a_triton_model_repository_entry(tmp_path, images, capsys)
     capsys.readouterr()
     assert main(["export", "--checkpoint", WEIGHTS, "--format", "triton", "--out", str(repo)]) == 2
     assert "exists already" in capsys.readouterr().err and sorted(p.name for p in repo.iterdir()) == [MODEL]
+
+
+def test_with_preprocessing_takes_pixels_and_gives_the_float_files_logits(tmp_path, images, capsys) -> None:
+    """--with-preprocessing: the ONNX input is uint8 [N, 32, 32, 3] pixels, normalised inside the graph; on real
+    photos (center-cropped to the input size) it gives the float file's logits for the same photos. Its Triton
+    entry declares TYPE_UINT8 [32, 32, 3] (parsed with tritonclient's schema, equal to the graph's input); resnetkit's
+    own loaders refuse it in one line (they feed normalised floats)."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    onnx = require_module("onnx")
+    ort = require_module("onnxruntime")
+    pixels, floats = tmp_path / "pixels.onnx", tmp_path / "floats.onnx"
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--with-preprocessing", "--out", str(pixels)]) == 0
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--out", str(floats)]) == 0
+    predictor = Predictor.load(WEIGHTS)
+    pre = predictor.preprocessing
+    batch = torch.stack([read_image(p, size=pre.storage_size) for p in images.values()])
+    as_pixels = batch[:, :, : pre.size, : pre.size].permute(0, 2, 3, 1).contiguous().numpy()  # CIFAR: no crop
+    got = ort.InferenceSession(str(pixels)).run(None, {"input": as_pixels})[0]
+    want = ort.InferenceSession(str(floats)).run(None, {"input": predictor.prepare(batch).contiguous().numpy()})[0]
+    assert as_pixels.dtype == np.uint8 and np.allclose(got, want, atol=1e-4)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(pixels), "--data", "sample"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "takes uint8 pixels" in err
+    repo = tmp_path / "repo"
+    assert (
+        main(
+            ["-q", "export", "--checkpoint", WEIGHTS, "--format", "triton", "--with-preprocessing", "--out", str(repo)]
+        )
+        == 0
+    )
+    config = text_format.Parse((repo / MODEL / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    graph_input = onnx.load(str(repo / MODEL / "1" / "model.onnx")).graph.input[0]
+    assert config.input[0].data_type == model_config_pb2.TYPE_UINT8 and list(config.input[0].dims) == [32, 32, 3]
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim][1:] == [32, 32, 3]
+    assert graph_input.type.tensor_type.elem_type == onnx.TensorProto.UINT8

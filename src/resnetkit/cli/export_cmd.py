@@ -25,6 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--seed", type=int, default=0, help="int8: which calibration images are drawn")
     p.add_argument("--download", action="store_true")
     p.add_argument(
+        "--with-preprocessing",
+        action="store_true",
+        help="onnx/triton: the graph takes uint8 [N, H, W, 3] pixels at the input size and normalises them itself",
+    )
+    p.add_argument(
         "--test-data",
         type=int,
         default=0,
@@ -38,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = dict(model=args.model, int8=args.int8, data=args.data, data_dir=args.data_dir)
     options |= dict(calib_size=args.calib_size, seed=args.seed, download=args.download)
+    options |= dict(with_preprocessing=args.with_preprocessing)
     if args.format == "triton":
         entry, meta, check = export_triton(
             args.checkpoint, args.out, name=args.name, max_batch_size=args.max_batch, **options

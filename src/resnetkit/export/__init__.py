@@ -6,17 +6,38 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from torch import nn
 
 from resnetkit.errors import ExportError
 from resnetkit.export.int8 import quantize_onnx
-from resnetkit.export.metadata import FORMATS, INPUT_NAME, META_FILE, META_KEY, OUTPUT_NAME, ExportMeta
+from resnetkit.export.metadata import (
+    FLOAT_INPUT,
+    FORMATS,
+    INPUT_NAME,
+    META_FILE,
+    META_KEY,
+    OUTPUT_NAME,
+    PIXEL_INPUT,
+    ExportMeta,
+)
 from resnetkit.export.onnx_writer import onnx_proto, save_proto, set_metadata
 from resnetkit.export.pt2_writer import exported_program, save_pt2
 
-__all__ = ["FORMATS", "INPUT_NAME", "META_FILE", "META_KEY", "OUTPUT_NAME", "ExportMeta", "export_model"]
+__all__ = [
+    "FLOAT_INPUT",
+    "PIXEL_INPUT",
+    "FORMATS",
+    "INPUT_NAME",
+    "META_FILE",
+    "META_KEY",
+    "OUTPUT_NAME",
+    "ExportMeta",
+    "export_model",
+]
 
 
 def export_model(
@@ -35,6 +56,10 @@ def export_model(
             raise ExportError("--int8 writes ONNX Runtime int8 files: use --format onnx")
         save_pt2(exported_program(model, shape), meta, Path(out))
         return meta
+    if meta.input == PIXEL_INPUT:
+        if calibration is not None:
+            raise ExportError("--with-preprocessing exports fp32 graphs only: drop --int8")
+        model, shape = PixelInput(model, pre), (pre.size, pre.size, 3)
     proto = onnx_proto(model, shape, meta)
     if calibration is not None:
         batches = iter(calibration)
@@ -46,3 +71,19 @@ def export_model(
         set_metadata(proto, meta)
     save_proto(proto, Path(out))
     return meta
+
+
+class PixelInput(nn.Module):
+    """`model` behind its normalisation: uint8 [N, H, W, 3] pixels (already at the input size: no resize, no crop)
+    to float NCHW, scaled and shifted by the preprocessing's mean and std — the arithmetic of
+    `Preprocessing.normalize`, inside the graph."""
+
+    def __init__(self, model: nn.Module, pre: Any) -> None:
+        super().__init__()
+        self.model = model
+        std, mean = torch.tensor(pre.std), torch.tensor(pre.mean)
+        self.register_buffer("scale", (1.0 / (255.0 * std)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (mean / std).view(1, 3, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixels.permute(0, 3, 1, 2).float() * self.scale - self.shift)

@@ -17,6 +17,7 @@ META_KEY = "resnetkit"  # ONNX metadata_props key
 META_FILE = "resnetkit.json"  # .pt2 extra file
 FORMATS = ("onnx", "pt2")
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+FLOAT_INPUT, PIXEL_INPUT = "float32_nchw", "uint8_nhwc"
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class ExportMeta:
     # where the model was trained: {"config": data, data_dir, seed, val_fraction, val_size; "datasets": run.json's
     # train and test records (the held-out files)}, so eval/report of the file score the images its checkpoint would
     provenance: dict[str, Any] | None = None
+    # what the graph takes: float32 NCHW already normalised, or (--with-preprocessing) uint8 NHWC pixels at the
+    # input size, normalised inside the graph (for Triton clients that send decoded images)
+    input: str = FLOAT_INPUT
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "classes": list(self.classes)}, sort_keys=True)

@@ -21,10 +21,15 @@ OPSET = 18  # the dynamo exporter's default at torch 2.14; ONNX Runtime 1.20+ ru
 
 
 def onnx_proto(model: nn.Module, input_shape: tuple[int, int, int], meta: ExportMeta) -> Any:
-    """The checked onnx.ModelProto of `model` (eval mode) for inputs (N, *input_shape), N dynamic."""
+    """The checked onnx.ModelProto of `model` (eval mode) for inputs (N, *input_shape), N dynamic: float32 NCHW,
+    or uint8 NHWC pixels when the channels come last (PixelInput)."""
     onnx = require("onnx", "ONNX export")
     require("onnxscript", "ONNX export")
-    example = torch.randn(2, *input_shape)
+    example = (
+        torch.randn(2, *input_shape)
+        if input_shape[0] == 3
+        else torch.randint(0, 256, (2, *input_shape), dtype=torch.uint8)
+    )
     batch = torch.export.Dim("batch", min=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation notes are not the user's business

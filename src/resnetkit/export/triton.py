@@ -14,17 +14,20 @@ MODEL_FILE = "model.onnx"
 MODEL_VERSION = "1"  # the repository entry's one version folder
 
 
-def model_config(name: str, size: int, classes: int, max_batch_size: int, max_delay_us: int = 5000) -> str:
+def model_config(
+    name: str, size: int, classes: int, max_batch_size: int, pixels: bool = False, max_delay_us: int = 5000
+) -> str:
     """config.pbtxt (protobuf text of Triton's ModelConfig): dims leave out the batch dimension, which
-    max_batch_size > 0 makes dynamic."""
+    max_batch_size > 0 makes dynamic. `pixels`: the graph takes uint8 [H, W, 3] (exported --with-preprocessing)."""
+    kind, dims = ("TYPE_UINT8", f"{size}, {size}, 3") if pixels else ("TYPE_FP32", f"3, {size}, {size}")
     return f"""name: "{name}"
 backend: "onnxruntime"
 max_batch_size: {max_batch_size}
 input [
   {{
     name: "{INPUT_NAME}"
-    data_type: TYPE_FP32
-    dims: [ 3, {size}, {size} ]
+    data_type: {kind}
+    dims: [ {dims} ]
   }}
 ]
 output [
@@ -41,7 +44,10 @@ dynamic_batching {{
 """
 
 
-def write_entry(folder: Path, name: str, size: int, classes: list[str], max_batch_size: int) -> None:
+def write_entry(
+    folder: Path, name: str, size: int, classes: list[str], max_batch_size: int, pixels: bool = False
+) -> None:
     """config.pbtxt and labels.txt of the model in `folder` (its `1/model.onnx` is written by the ONNX exporter)."""
-    (folder / "config.pbtxt").write_text(model_config(name, size, len(classes), max_batch_size), encoding="utf-8")
+    config = model_config(name, size, len(classes), max_batch_size, pixels)
+    (folder / "config.pbtxt").write_text(config, encoding="utf-8")
     (folder / LABELS_FILE).write_text("".join(f"{c}\n" for c in classes), encoding="utf-8")

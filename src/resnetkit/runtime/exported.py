@@ -18,7 +18,7 @@ from torch import nn
 
 from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD
 from resnetkit.errors import ExportError
-from resnetkit.export import META_FILE, META_KEY, ExportMeta
+from resnetkit.export import META_FILE, META_KEY, PIXEL_INPUT, ExportMeta
 from resnetkit.export.deps import require
 from resnetkit.transforms import Preprocessing
 
@@ -139,6 +139,12 @@ def _load_onnx(path: Path) -> LoadedModel:
         raise ExportError(f"{path} is not an ONNX file: {_first_line(e)}") from None
     if not len(proto.graph.node):
         raise ExportError(f"{path} is not an ONNX model (no graph)")
+    text = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
+    if text is not None and ExportMeta.from_json(text, str(path)).input == PIXEL_INPUT:
+        raise ExportError(
+            f"{path} takes uint8 pixels (exported --with-preprocessing, for Triton clients that send decoded "
+            "images): eval, predict and serve the file exported without it"
+        )
     shape = _image_input_shape(proto, path)
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
@@ -147,7 +153,6 @@ def _load_onnx(path: Path) -> LoadedModel:
     except Exception as e:  # noqa: BLE001  ORT refuses graphs it cannot run with its own exception types
         raise ExportError(f"ONNX Runtime cannot run {path}: {_first_line(e)}") from None
     module = OnnxRuntimeModule(session)
-    text = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
     if text is not None:
         meta = ExportMeta.from_json(text, str(path))
         return LoadedModel(module, meta.preprocessing_obj(), list(meta.classes), meta, "onnxruntime")

@@ -19,11 +19,11 @@ from resnetkit.constants import VERSION
 from resnetkit.data.cifar import load_sample
 from resnetkit.data.factory import load_eval_split
 from resnetkit.errors import ExportError
-from resnetkit.export import FORMATS, ExportMeta, export_model
+from resnetkit.export import FLOAT_INPUT, FORMATS, PIXEL_INPUT, ExportMeta, export_model
 from resnetkit.export.triton import MODEL_FILE, MODEL_VERSION, write_entry
 from resnetkit.models import create_model, get_model_entry, resolve_data_config
 from resnetkit.runtime import Loaded, Predictor, file_format, load_model
-from resnetkit.transforms import preprocessing_for
+from resnetkit.transforms import center_crop, preprocessing_for
 from resnetkit.weights.download import sha256_file
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ def export_checkpoint(
     seed: int = 0,
     download: bool = False,
     test_data: int = 0,
+    with_preprocessing: bool = False,
 ) -> tuple[ExportMeta, FileCheck]:
     """Export `source` (or, with `model` alone, that architecture untrained; with both, a weights file into
     that architecture) to `out`. int8 calibrates on `calib_size` images drawn (seeded) from the training split of
@@ -55,6 +56,10 @@ def export_checkpoint(
         raise ExportError("--int8 writes ONNX Runtime int8 files: use --format onnx")
     if int8 and not data:
         raise ExportError("--int8 calibrates on real images: give --data (and --data-dir) as for `resnetkit eval`")
+    if with_preprocessing and (fmt != "onnx" or int8 or test_data):
+        raise ExportError(
+            "--with-preprocessing writes fp32 ONNX graphs of pixels: --format onnx, no --int8/--test-data"
+        )
     if test_data and fmt != "onnx":
         raise ExportError("--test-data writes ONNX test sets (input_0.pb, output_0.pb): use --format onnx")
     if not 0 <= test_data <= 500:
@@ -72,6 +77,7 @@ def export_checkpoint(
         model_kwargs=loaded.model_kwargs,
         resnetkit_version=VERSION,
         provenance=Predictor(loaded, source).provenance() or None if source else None,
+        input=PIXEL_INPUT if with_preprocessing else FLOAT_INPUT,
     )
     train = (
         load_eval_split(str(data), data_dir, "train", loaded.preprocessing, download=download, progress=False)
@@ -141,7 +147,10 @@ def check_written(loaded: Loaded, meta: ExportMeta, out: Path, images: torch.Ten
     x = loaded.preprocessing.eval_batch(images, torch.contiguous_format)
     with torch.inference_mode():
         want = loaded.model.float().eval()(x).float().numpy()
-    got = Predictor.load(out).logits(x).numpy()
+    if meta.input == PIXEL_INPUT:  # the graph normalises: it takes the center-cropped pixels, channels last
+        got = _run_onnx(out, center_crop(images, loaded.preprocessing.size).permute(0, 2, 3, 1).contiguous().numpy())
+    else:
+        got = Predictor.load(out).logits(x).numpy()
     check = _compare(got, want)
     scale = max(1.0, float(np.abs(want).max()))
     if meta.precision == "int8":
@@ -156,6 +165,13 @@ def check_written(loaded: Loaded, meta: ExportMeta, out: Path, images: torch.Ten
             f"the exported file disagrees with its model on real images ({check}; wanted {limit}): not written"
         )
     return check
+
+
+def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: x})[0]
 
 
 def _compare(got: np.ndarray, want: np.ndarray) -> FileCheck:
@@ -227,7 +243,8 @@ def export_triton(
         entry = repository / (name or meta.architecture)
         if entry.exists():
             raise ExportError(f"{entry} exists already: remove it or choose another --name")
-        write_entry(staging, entry.name, meta.preprocessing_obj().size, list(meta.classes), max_batch_size)
+        size, pixels = meta.preprocessing_obj().size, meta.input == PIXEL_INPUT
+        write_entry(staging, entry.name, size, list(meta.classes), max_batch_size, pixels)
         staging.rename(entry)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
