@@ -110,13 +110,14 @@ def _settings(args: argparse.Namespace) -> Any:
 def _api_key(args: argparse.Namespace) -> str | None:
     """--api-key, else the first line of --api-key-file, else $RESNETKIT_API_KEY, else None (no access control)."""
     import os
+    from pathlib import Path
 
     from resnetkit.config import ConfigError
 
     key = args.api_key
     if key is None and args.api_key_file:
         try:
-            lines = open(args.api_key_file, encoding="utf-8").read().splitlines()  # noqa: SIM115
+            lines = Path(args.api_key_file).read_text(encoding="utf-8").splitlines()
         except OSError as e:
             raise ConfigError(f"cannot read --api-key-file {args.api_key_file}: {e.strerror or e}") from None
         key = lines[0].strip() if lines else ""
