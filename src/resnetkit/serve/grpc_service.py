@@ -118,9 +118,6 @@ class _Servicer:
             else RequestedOutput(o.name, True)
             for o in request.outputs
         ]
-        for out in outputs:
-            if out.name not in ("logits", "probabilities"):
-                raise OipError(400, f"unknown output {out.name!r}: the model gives logits, probabilities")
         pre = s.predictor.preprocessing
         shape = list(tensor.shape)
         return parsed_request(

@@ -102,6 +102,7 @@ def parsed_request(
 ) -> InferRequest:
     """The checked request from its one input (its raw bytes or its JSON data) and the outputs it asks for: what
     REST and gRPC share."""
+    _check_outputs(outputs)
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise OipError(400, f"input '{name}': shape must be a list of non-negative integers, got {shape!r}")
     parsed = InferRequest(id, str(name), outputs=outputs)
@@ -199,14 +200,21 @@ def _requested_outputs(request: dict[str, Any]) -> list[RequestedOutput]:
     found = []
     for out in asked:
         name = out.get("name") if isinstance(out, dict) else None
-        if name not in OUTPUTS:
-            raise OipError(400, f"unknown output {name!r}: the model gives {', '.join(OUTPUTS)}")
-        params = out.get("parameters") or {}
-        k = params.get("classification", 0)
-        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
-            raise OipError(400, f"output '{name}': classification must be a non-negative integer, got {k!r}")
-        found.append(RequestedOutput(name, bool(params.get("binary_data", binary_default)), k))
+        params = (out.get("parameters") if isinstance(out, dict) else None) or {}
+        found.append(
+            RequestedOutput(name, bool(params.get("binary_data", binary_default)), params.get("classification", 0))
+        )
     return found
+
+
+def _check_outputs(outputs: list[RequestedOutput]) -> None:
+    """The outputs a request names exist, and their classification counts are non-negative integers."""
+    for out in outputs:
+        if out.name not in OUTPUTS:
+            raise OipError(400, f"unknown output {out.name!r}: the model gives {', '.join(OUTPUTS)}")
+        k = out.classification
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise OipError(400, f"output '{out.name}': classification must be a non-negative integer, got {k!r}")
 
 
 def _fp32_images(data: Any, shape: list[int], datatype: Any, raw: bytes | None, size: int) -> np.ndarray:
