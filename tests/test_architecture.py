@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "resnetkit"
 # Higher numbers may import lower ones (and their own package). docs/ARCHITECTURE.md draws the same table.
 LEVELS = {
     "cli": 9,
-    **dict.fromkeys(["workflows", "serve", "bench", "experiments", "report"], 8),
+    **dict.fromkeys(["workflows", "serve", "bench", "experiments", "report", "audit"], 8),
     **dict.fromkeys(["runtime", "explain", "tasks"], 7),
     **dict.fromkeys(["engine", "export"], 6),
     **dict.fromkeys(["data", "optim", "checkpoint", "compress"], 5),

@@ -154,6 +154,12 @@ class TrainConfig:
     )
     memory_budget_gb: float = _setting(4.0, group="image_data", help="data_mode auto's limit")
     strict: bool = _setting(False, group="image_data", flag=True, help="unreadable images are errors, not warnings")
+    exclude: str | None = _setting(
+        group="image_data",
+        flag=True,
+        help="leave out the training images this file lists: an audit CSV (label_issues.csv, duplicates_*.csv, "
+        "odd_files.csv) or one CIFAR index / folder path (relative to --data-dir) per line",
+    )
     # regularisation
     augment: str = _setting(
         "auto",

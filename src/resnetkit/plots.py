@@ -218,3 +218,19 @@ def plot_degradation(curves: Sequence[dict[str, Any]], path: str | Path, title: 
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_similarity_histogram(nearest: dict[str, Any], threshold: float, path: str | Path) -> Path:
+    """Histograms of each image's highest cosine similarity to another image, one per comparison (train, test,
+    test vs train), log-scaled counts, with the duplicate threshold marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 3.6), constrained_layout=True)
+    labels = {"train": "within train", "test": "within held-out", "test_train": "held-out vs train"}
+    for name, values in nearest.items():
+        ax.hist(values, bins=100, range=(-0.2, 1.0), histtype="step", label=labels.get(name, name), linewidth=1.4)
+    ax.axvline(threshold, color="black", linestyle="--", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("highest cosine similarity (centred, flip-invariant embedding)")
+    ax.set_ylabel("images")
+    ax.legend(loc="upper left")
+    return _save(fig, path)

@@ -13,6 +13,7 @@ from typing import Any
 
 from resnetkit import __version__
 from resnetkit.cli import (
+    audit_cmd,
     bench_cmd,
     demo_cmd,
     detect_cmd,
@@ -46,6 +47,7 @@ _COMMANDS = {
     "segment": detect_cmd,
     "explain": explain_cmd,
     "report": report_cmd,
+    "audit": audit_cmd,
     "export": export_cmd,
     "serve": serve_cmd,
     "experiment": experiment_cmd,

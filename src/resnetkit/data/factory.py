@@ -122,7 +122,8 @@ def describe_split(info: dict[str, Any]) -> str:
 
 
 def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
-    """Train and held-out sets for `cfg`, with the optional validation split and training subset."""
+    """Train and held-out sets for `cfg`, with the images `cfg.exclude` lists left out of training (before the
+    optional validation split and training subset)."""
     pre = preprocessing_from_config(cfg, model_cfg)
     opts = dict(
         download=cfg.download, progress=cfg.progress, strict=cfg.strict, val_fraction=cfg.val_fraction, seed=cfg.seed
@@ -139,6 +140,10 @@ def load_training_data(cfg: TrainConfig, model_cfg: DataConfig) -> TrainingData:
     else:
         train = load_eval_split(cfg.data, cfg.data_dir, "train", pre, **opts)
         test = load_eval_split(cfg.data, cfg.data_dir, "test", pre, **opts)
+    if cfg.exclude:
+        from resnetkit.data.exclude import exclude_images, read_exclusions
+
+        train = exclude_images(train, read_exclusions(cfg.exclude), cfg.data)
     val = None
     if cfg.val_size:
         from resnetkit.data.cifar import paper_split

@@ -93,6 +93,21 @@ def scan_image_folder(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return scan.classes, scan.samples
 
 
+def folder_files(data_dir: str | Path) -> tuple[list[tuple[Path, str, str]], list[tuple[Path, str, str]]]:
+    """Every image file of an image folder as (file, part, class name) — part "train" or "val" in the train/ + val/
+    layout, "all" for a folder of class sub-folders — and, the same way, the files among them that are not images."""
+    root = require_folder(data_dir, "image folder")
+    train_dir, val_dir = _split_dirs(root)
+    parts = {"train": train_dir, "val": val_dir} if val_dir is not None else {"all": train_dir}
+    files: list[tuple[Path, str, str]] = []
+    not_images: list[tuple[Path, str, str]] = []
+    for part, folder in parts.items():
+        scan = _scan(folder)
+        files += [(path, part, scan.classes[label]) for path, label in scan.samples]
+        not_images += [(path, part, path.relative_to(folder).parts[0]) for path in scan.not_images]
+    return files, not_images
+
+
 def list_image_files(paths: Sequence[str | Path]) -> list[Path]:
     """Image files named by `paths`: files as given, folders expanded recursively (sorted), duplicates dropped.
 

@@ -18,10 +18,12 @@ the resolution, `draft`) and torchvision's libjpeg-turbo (a JPEG at full scale s
 
 from __future__ import annotations
 
+import hashlib
 import math
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -36,6 +38,7 @@ from resnetkit.errors import DataError, ImageTooLarge
 FULL_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0, "I": 65535.0, "F": 1.0}
 ALPHA_MODES = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F"})
+EXIF_ORIENTATION = 0x0112
 
 ImageSource = str | Path | IO[bytes]
 
@@ -95,6 +98,30 @@ def image_header(source: ImageSource, name: str | None = None) -> tuple[str, int
     """(PIL mode, width, height) from the file's header, nothing decoded; UnreadableImage if it is not an image."""
     with _opened(source, name or str(source), None) as im:
         return im.mode, im.width, im.height
+
+
+@dataclass(frozen=True)
+class ImageFacts:
+    """What `inspect_image` found in a file: its header (mode, size, format, EXIF orientation) and a hash of its
+    decoded, EXIF-oriented RGB pixels (equal hashes: the same picture, whatever the file format or metadata)."""
+
+    mode: str
+    width: int
+    height: int
+    format: str | None
+    orientation: int  # EXIF tag 274: 1 (or absent) is upright, 2-8 flip and/or turn the picture
+    pixel_hash: str
+
+
+def inspect_image(source: ImageSource, name: str | None = None) -> ImageFacts:
+    """Decode the whole file (a truncated one fails here) and describe it; UnreadableImage or ImageTooLarge if it
+    cannot be read, by the same rules as `read_image`."""
+    with _opened(source, name or str(source), None) as im:
+        mode, width, height, fmt = im.mode, im.width, im.height, im.format
+        orientation = int(im.getexif().get(EXIF_ORIENTATION, 1) or 1)
+        pixels = _pil_to_tensor(ImageOps.exif_transpose(im))
+    digest = hashlib.blake2b(pixels.contiguous().numpy().tobytes(), digest_size=16).hexdigest()
+    return ImageFacts(mode, width, height, fmt, orientation, digest)
 
 
 def image_channels(mode: str) -> int:
