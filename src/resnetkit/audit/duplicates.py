@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from resnetkit.audit.options import EMBEDDINGS, TOP_K
 from resnetkit.data.stream import StreamingFolder, loader_for, stream_workers, transforms_for
 from resnetkit.errors import DataError
 from resnetkit.runtime import Predictor
 
-DEFAULT_THRESHOLD = 0.85
 BLOCK = 1024
-TOP_K = 5
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,6 @@ class Pair:
     kind: str  # "exact" or "near"
 
 
-EMBEDDINGS = ("pixels", "model")
 PIXEL_GRID = 16  # the pixel signature's structure part: the image at 16x16 ...
 LAYOUT_GRID = 4  # ... minus its 4x4 colour layout, the other part
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-METHODS = ("prune_by_noise_rate", "confident_joint")
+from resnetkit.audit.options import METHODS
 
 
 @dataclass

@@ -18,6 +18,7 @@ from PIL import Image
 from resnetkit.audit.run import Findings
 from resnetkit.data.exclude import read_exclusions
 from resnetkit.data.images import read_image
+from resnetkit.errors import DataError
 from resnetkit.files import atomic_write
 
 THUMB = 96  # thumbnail side, pixels
@@ -190,7 +191,7 @@ def _exclude_counts(findings: Findings, written: dict[str, Path]) -> dict[str, i
     for path in written.values():
         try:
             items = read_exclusions(path).items
-        except Exception:  # noqa: BLE001  an empty finding lists nothing to exclude
+        except DataError:  # a finding with no rows lists nothing to exclude
             items = ()
         counts[path.name] = len(set(items) & train_ids)
     return counts

@@ -14,9 +14,10 @@ import torch
 
 from resnetkit.audit import duplicates as dup
 from resnetkit.audit.files import FilePass, check_files
-from resnetkit.audit.labels import METHODS, find_label_issues
+from resnetkit.audit.labels import find_label_issues
+from resnetkit.audit.options import AUDIT_DATA, AuditOptions
 from resnetkit.audit.probabilities import OutOfSample, from_checkpoint, out_of_fold, save_probabilities, trained_splits
-from resnetkit.config import DATA_CHOICES, ConfigError, TrainConfig
+from resnetkit.config import ConfigError, TrainConfig
 from resnetkit.data.exclude import image_ids
 from resnetkit.data.factory import folder_streams, load_eval_split
 from resnetkit.errors import DataError
@@ -24,34 +25,9 @@ from resnetkit.runtime import Predictor
 
 log = logging.getLogger(__name__)
 
-AUDIT_DATA = tuple(d for d in DATA_CHOICES if d != "coco")  # classification data
 SPLITS = ("train", "test")  # an image folder's held-out part (val/, or the seeded split) is its "test" split
 DEFAULT_EMBED = "resnet20.rk_cifar10"
 DEFAULT_RECIPES = {"cifar10": "cifar10_fast_cpu", "cifar100": "cifar10_fast_cpu", "folder": "cats_vs_dogs"}
-
-
-@dataclass
-class AuditOptions:
-    """What `resnetkit audit` takes (see its --help)."""
-
-    data: str
-    out: str
-    data_dir: str | None = None
-    checkpoint: str | None = None
-    folds: int | None = None
-    recipe: str | None = None
-    overrides: dict[str, Any] = field(default_factory=dict)
-    embed_model: str | None = None
-    embedding: str = "pixels"
-    threshold: float = dup.DEFAULT_THRESHOLD
-    top_k: int = dup.TOP_K
-    method: str = METHODS[0]
-    seed: int = 0
-    val_fraction: float = 0.1
-    download: bool = False
-    progress: bool = True
-    workers: int | None = None
-    show: int = 40
 
 
 @dataclass
@@ -112,11 +88,8 @@ def run_audit(opts: AuditOptions) -> Findings:
     splits = load_splits(opts, embedder)
     classes = list(splits["train"].dataset.classes)
     if opts.checkpoint:
-        predictor = embedder if opts.checkpoint == _embed_source(opts, oos) else Predictor.load(opts.checkpoint)
-        _check_classes(predictor, classes)
-        unseen = [s for s in SPLITS if s not in trained_splits(predictor, opts.data, opts.data_dir)]
         t = time.perf_counter()
-        oos = from_checkpoint(predictor, {s: splits[s].dataset for s in SPLITS}, opts.data, unseen)
+        oos = _checkpoint_probabilities(opts, embedder, splits, classes)
         seconds["probabilities"] = time.perf_counter() - t
     findings = Findings(opts, classes, splits, oos=oos, embed_model=embedder.source, seconds=seconds)
     findings.source = str(Path(opts.data_dir).resolve()) if opts.data_dir else opts.data
@@ -142,6 +115,19 @@ def _fold_probabilities(opts: AuditOptions, out: Path) -> OutOfSample:
     if cfg.exclude or cfg.train_subset or cfg.val_size:
         raise ConfigError("--folds audits every training image: drop exclude, train_subset and val_size")
     return out_of_fold(cfg, int(opts.folds or 0), out)
+
+
+def _checkpoint_probabilities(
+    opts: AuditOptions, embedder: Predictor, splits: dict[str, AuditSplit], classes: list[str]
+) -> OutOfSample:
+    """The checkpoint's probabilities on the splits it did not train on, each image prepared as the checkpoint
+    wants it (the splits are loaded again when --embed-model has another preprocessing)."""
+    predictor = embedder if opts.checkpoint == embedder.source else Predictor.load(str(opts.checkpoint))
+    _check_classes(predictor, classes)
+    if predictor.preprocessing != embedder.preprocessing:
+        splits = load_splits(opts, predictor)
+    unseen = [s for s in SPLITS if s not in trained_splits(predictor, opts.data, opts.data_dir)]
+    return from_checkpoint(predictor, {s: splits[s].dataset for s in SPLITS}, opts.data, unseen)
 
 
 def _embed_source(opts: AuditOptions, oos: OutOfSample | None) -> str:

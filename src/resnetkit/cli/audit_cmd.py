@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from resnetkit.audit.duplicates import DEFAULT_THRESHOLD, EMBEDDINGS, TOP_K
-from resnetkit.audit.labels import METHODS
+from resnetkit.audit.options import DEFAULT_THRESHOLD, EMBEDDINGS, METHODS, TOP_K
 from resnetkit.cli.train_cmd import parse_set_pairs
 
 
@@ -50,8 +49,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def run(args: argparse.Namespace) -> int:
+    from resnetkit.audit.options import AuditOptions
     from resnetkit.audit.report import write_report
-    from resnetkit.audit.run import AuditOptions, run_audit
+    from resnetkit.audit.run import run_audit
 
     overrides = parse_set_pairs(args.set)
     if args.epochs is not None:
