@@ -333,3 +333,17 @@ def test_a_checkpoint_audits_only_the_splits_it_did_not_train_on(tmp_path: Path,
     assert "train" not in numbers["label_issues"] and numbers["label_issues"]["test"]["scored"] == 500
     assert {r["split"] for r in _rows(tmp_path / "label_issues.csv")} <= {"test"}
     assert numbers["label_issues"]["test"]["out_of_sample_top1"] > 0.85
+
+
+def test_model_embeddings_pair_a_mirror_copy_with_its_original(planted, tmp_path: Path, run_cli) -> None:
+    """--embedding model: the checkpoint's pooled features, compared against the mirror image's too."""
+    proc = run_cli(
+        "audit", "--data", "folder", "--data-dir", str(planted["root"]), "--embedding", "model",
+        "--embed-model", "resnet20.rk_cifar10", "--threshold", "0.99", "--out", str(tmp_path), "--json",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["duplicates"]["embed_model"] == "resnet20.rk_cifar10"
+    pairs = {frozenset((r["path_a"], r["path_b"])): r for r in _rows(tmp_path / "duplicates_train.csv")}
+    for kind in ("exact", "mirror"):
+        row = pairs[frozenset(planted["pairs"][kind])]
+        assert float(row["similarity"]) > 0.999 and row["kind"] == ("exact" if kind == "exact" else "near")
