@@ -78,10 +78,11 @@ def score(noisy: Path, audit: Path, cleanlab_python: str | None) -> dict:
     rows = [r for r in csv.DictReader(open(audit / "label_issues.csv")) if r["split"] == "train"]
     ranked = [int(r["index"]) for r in sorted(rows, key=lambda r: int(r["rank"]))]
     result = {"planted": len(truth), "resnetkit": precision_recall(ranked, truth)}
+    result["resnetkit_top_1000"] = precision_recall(ranked[: len(truth)], truth)
     saved = torch.load(audit / "probabilities" / "train.pt", weights_only=True)
     probs, labels = saved["probs"].numpy(), saved["labels"].numpy()
-    by_confidence = np.argsort(probs[np.arange(len(labels)), labels], kind="stable")
-    result["resnetkit_top_1000"] = precision_recall(by_confidence[: len(truth)].tolist(), truth)
+    by_confidence = np.argsort(probs[np.arange(len(labels)), labels], kind="stable")  # every image, flagged or not
+    result["lowest_self_confidence_1000"] = precision_recall(by_confidence[: len(truth)].tolist(), truth)
     if cleanlab_python:
         npz = audit / "probabilities" / "train_for_cleanlab.npz"
         np.savez(npz, labels=labels, probs=probs)
