@@ -151,7 +151,7 @@ def _fold(
     if last.is_file():
         result = run_training(cfg, resume=last)
     else:
-        result = run_training(dataclasses.replace(cfg, exclude=str(held_file), out=str(run_dir)))
+        result = run_training(dataclasses.replace(cfg, exclude=str(held_file.resolve()), out=str(run_dir)))
     if result.stopped not in ("completed", "early_stopping"):
         raise FoldInterrupted(f"fold {fold + 1} of {k} stopped ({result.stopped}): run the same audit again to resume")
     predictor = Predictor.load(last)
