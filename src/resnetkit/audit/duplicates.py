@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from resnetkit.audit.options import EMBEDDINGS, TOP_K
-from resnetkit.data.stream import StreamingFolder, loader_for, stream_workers, transforms_for
+from resnetkit.audit.probabilities import eval_loader, placed
 from resnetkit.errors import DataError
 from resnetkit.runtime import Predictor
 
@@ -57,17 +57,7 @@ def embed(
     if kind not in EMBEDDINGS:
         raise DataError(f"unknown embedding {kind!r}; choose one of {', '.join(EMBEDDINGS)}")
     model = _feature_model(predictor) if kind == "model" else None
-    if isinstance(dataset, StreamingFolder):
-        dataset = dataset.with_transform(transforms_for(predictor.preprocessing)[1])
-    loader = loader_for(
-        dataset,
-        predictor.preprocessing,
-        workers=stream_workers(workers),
-        strict=False,
-        batch_size=250,
-        train=False,
-        memory_format=torch.channels_last,
-    )
+    loader = eval_loader(predictor, dataset, workers)
     rows, mirrored = [], []
     for x, _ in tqdm(loader, desc=f"embedding ({kind})", unit="batch", disable=not progress, leave=False):
         both = torch.cat([x, x.flip(-1)])
@@ -77,7 +67,7 @@ def embed(
             features = model.forward_head(model.forward_features(both), pre_logits=True).float()
         rows.append(features[: len(x)])
         mirrored.append(features[len(x) :])
-    return _placed(torch.cat(rows), loader, len(dataset)), _placed(torch.cat(mirrored), loader, len(dataset))
+    return placed(torch.cat(rows), loader, len(dataset)), placed(torch.cat(mirrored), loader, len(dataset))
 
 
 def pixel_signature(x: torch.Tensor) -> torch.Tensor:
@@ -103,14 +93,6 @@ def _feature_model(predictor: Predictor) -> Any:
     if not hasattr(model, "forward_features"):
         raise DataError(f"{predictor.source}: the model has no forward_features to embed images with")
     return model
-
-
-def _placed(found: torch.Tensor, loader: Any, n: int) -> torch.Tensor:
-    out = torch.full((n, found.shape[1]), float("nan"))
-    read = torch.ones(n, dtype=torch.bool)
-    read[list(getattr(loader, "skipped", []))] = False
-    out[read] = found
-    return out
 
 
 def normalised(embeddings: torch.Tensor, centre: torch.Tensor | None = None) -> torch.Tensor:

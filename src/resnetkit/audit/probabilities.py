@@ -77,12 +77,12 @@ def fold_assignment(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return folds
 
 
-def split_probs(predictor: Predictor, dataset: Any, ids: list[str], *, workers: int | None = None) -> SplitProbs:
-    """`predictor`'s flip-TTA probabilities for every image of `dataset` (in memory or streamed)."""
+def eval_loader(predictor: Predictor, dataset: Any, workers: int | None = None) -> Any:
+    """Evaluation batches of `dataset` (in memory or streamed) as `predictor` takes them; a streamed loader's
+    `skipped` lists the unreadable images it left out."""
     if isinstance(dataset, StreamingFolder):
         dataset = dataset.with_transform(transforms_for(predictor.preprocessing)[1])
-    model = predictor.runnable(predictor.should_compile(len(dataset)))
-    loader = loader_for(
+    return loader_for(
         dataset,
         predictor.preprocessing,
         workers=stream_workers(workers),
@@ -91,12 +91,24 @@ def split_probs(predictor: Predictor, dataset: Any, ids: list[str], *, workers: 
         train=False,
         memory_format=predictor.memory_format,
     )
+
+
+def placed(rows: torch.Tensor, loader: Any, n: int) -> torch.Tensor:
+    """`rows` of the images `loader` read, at their places among all `n`; the images it skipped get rows of NaN."""
+    out = torch.full((n, rows.shape[1]), float("nan"), dtype=rows.dtype)
+    read = torch.ones(n, dtype=torch.bool)
+    read[list(getattr(loader, "skipped", []))] = False
+    out[read] = rows
+    return out
+
+
+def split_probs(predictor: Predictor, dataset: Any, ids: list[str], *, workers: int | None = None) -> SplitProbs:
+    """`predictor`'s flip-TTA probabilities for every image of `dataset` (in memory or streamed)."""
+    model = predictor.runnable(predictor.should_compile(len(dataset)))
+    loader = eval_loader(predictor, dataset, workers)
     with predictor.running():
         logits, _, _ = collect_logits(model, loader, tta_flip=True)
-    probs = torch.full((len(dataset), logits.shape[1]), float("nan"), dtype=torch.float64)
-    read = torch.ones(len(dataset), dtype=torch.bool)
-    read[list(getattr(loader, "skipped", []))] = False
-    probs[read] = logits.double().softmax(dim=1)
+    probs = placed(logits.double().softmax(dim=1), loader, len(dataset))
     return SplitProbs(ids, dataset.labels.clone(), probs)
 
 
