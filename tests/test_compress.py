@@ -68,6 +68,24 @@ def test_l1_pruning_keeps_the_filters_with_the_largest_l1_norms() -> None:
         assert torch.equal(new.conv2.weight, old.conv2.weight[:, kept])  # the next conv loses the same inputs
 
 
+@pytest.mark.parametrize(("name", "target", "step"), [("resnet56", 0.5, 8), ("resnet50", 0.4, 16)])
+def test_round_to_keeps_every_inner_width_a_multiple_and_meets_the_target(name: str, target: float, step: int) -> None:
+    """--round-to N: every kept inner width a multiple of N (the widths int8 and fp32 kernels favour), the MACs
+    at or under the target by at most one block's N channels; without it, ResNet-56 keeps odd widths such as 31."""
+    model = create_model(name, num_classes=10).eval()
+    size = (3, 32, 32) if name == "resnet56" else (3, 64, 64)
+    rounded = prune_to_macs(model, target, "l1", size, round_to=step)
+    widths = [w for stage in inner_widths(rounded.model) for block in stage for w in block]
+    assert all(w % step == 0 and w > 0 for w in widths), widths
+    assert target - 0.03 <= rounded.macs_ratio <= target and rounded.to_dict()["round_to"] == step
+    assert rounded.model(torch.randn(2, *size)).shape == (2, 10)
+    if name == "resnet56":
+        free = [w for stage in inner_widths(prune_to_macs(model, target, "l1", size).model) for b in stage for w in b]
+        assert any(w % step for w in free)  # what rounding changes
+    with pytest.raises(PruningError, match="--round-to must be a whole number"):
+        prune_to_macs(model, target, "l1", size, round_to=0)
+
+
 def test_pruned_widths_describe_the_model() -> None:
     model = create_model("resnet20", num_classes=10)
     pruned = prune_to_macs(model, 0.6, "bn").model

@@ -25,6 +25,10 @@ from resnetkit.models import ResidualBlock, create_model
 from resnetkit.models.complexity import count_macs, count_parameters
 
 METHODS = ("l1", "l2", "bn", "group", "random")
+# Kept inner widths are multiples of this by default (`--round-to`): measured on both project CPUs (benchmarks/
+# RESULTS.md, "Runtimes"), odd widths such as 9, 17 and 31 run slower in oneDNN's fp32 convolutions and in the int8
+# kernels of ONNX Runtime and OpenVINO than the multiples of 8 next to them.
+DEFAULT_ROUND_TO = 8
 
 
 class PruningError(ResnetkitError):
@@ -42,13 +46,14 @@ class PruneResult:
     params_after: int
     method: str
     target: float
+    round_to: int = 1
 
     @property
     def macs_ratio(self) -> float:
         return self.macs_after / self.macs_before
 
     def to_dict(self) -> dict[str, Any]:
-        keys = ("macs_before", "macs_after", "params_before", "params_after", "method", "target")
+        keys = ("macs_before", "macs_after", "params_before", "params_after", "method", "target", "round_to")
         return {k: getattr(self, k) for k in keys} | {
             "macs_ratio": self.macs_ratio,
             "inner_widths": inner_widths(self.model),
@@ -74,19 +79,26 @@ def inner_widths(model: nn.Module) -> list[list[list[int]]]:
 
 
 def prune_to_macs(
-    model: nn.Module, target: float, method: str = "l1", input_size: Sequence[int] | None = None, seed: int = 0
+    model: nn.Module,
+    target: float,
+    method: str = "l1",
+    input_size: Sequence[int] | None = None,
+    seed: int = 0,
+    round_to: int = 1,
 ) -> PruneResult:
     """Remove inner channels of `model` (a copy) until its MACs are at most `target` x the original's.
 
     Every block keeps the same fraction of its inner channels (the largest fraction that meets the target, then
-    single channels added back where they still fit), so the result lands within one block's channel of the
-    target. Which channels go, block by block, is ranked by `method` over torch-pruning's dependency group."""
-    _check_request(model, target, method)
+    `round_to` channels at a time added back where they still fit, deepest stage first), so the result lands
+    within one block's `round_to` channels of the target. Kept widths are multiples of `round_to` (what
+    torch-pruning's `round_to` does), except a width already below it, which is kept. Which channels go, block by
+    block, is ranked by `method` over torch-pruning's dependency group."""
+    _check_request(model, target, method, round_to)
     size = tuple(input_size or model.default_cfg.input_size)
     tp = require_extra("torch_pruning", "compress", "pruning", PruningError)
     work = copy.deepcopy(model).float().cpu().eval()
     macs_before, params_before = count_macs(work, size), count_parameters(work)
-    plan = _plan_widths(work, target * macs_before, size)
+    plan = _plan_widths(work, target * macs_before, size, round_to)
     graph = tp.DependencyGraph().build_dependency(work, example_inputs=torch.zeros(1, *size))
     importance = _importance(tp, method)
     torch.manual_seed(seed)  # the "random" criterion's draw
@@ -96,22 +108,27 @@ def prune_to_macs(
             drop = importance(whole).argsort()[: conv.out_channels - keep].tolist()
             graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=sorted(drop)).prune()
     pruned = _rebuilt(model, work)
-    return PruneResult(
-        pruned, macs_before, count_macs(pruned, size), params_before, count_parameters(pruned), method, target
-    )
+    macs_after, params_after = count_macs(pruned, size), count_parameters(pruned)
+    return PruneResult(pruned, macs_before, macs_after, params_before, params_after, method, target, round_to)
 
 
 def _all_inner_convs(model: nn.Module) -> list[nn.Conv2d]:
     return [c for stage in blocks_by_stage(model) for b in stage for c in inner_convs(b)]
 
 
-def _plan_widths(model: nn.Module, budget: float, size: tuple[int, ...]) -> list[list[list[int]]]:
-    """Inner widths whose MACs are at most `budget`: a common kept fraction found by bisection, then one channel
-    at a time added back to the blocks (first to last) while the budget allows."""
+def _plan_widths(model: nn.Module, budget: float, size: tuple[int, ...], step: int = 1) -> list[list[list[int]]]:
+    """Inner widths whose MACs are at most `budget`, each a multiple of `step` (or its full width, where that is
+    below `step`): a common kept fraction found by bisection, then `step` channels at a time added back to the
+    blocks (the deepest stage first) while the budget allows."""
     full = inner_widths(model)
 
+    def kept(fraction: float, width: int) -> int:
+        if width <= step:
+            return width
+        return min(width, max(step, step * round(fraction * width / step)))
+
     def scaled(fraction: float) -> list[list[list[int]]]:
-        return [[[max(1, round(fraction * w)) for w in b] for b in stage] for stage in full]
+        return [[[kept(fraction, w) for w in b] for b in stage] for stage in full]
 
     low, high = 0.0, 1.0
     if _macs_of(model, scaled(low), size) > budget:
@@ -120,12 +137,14 @@ def _plan_widths(model: nn.Module, budget: float, size: tuple[int, ...]) -> list
         mid = (low + high) / 2
         low, high = (mid, high) if _macs_of(model, scaled(mid), size) <= budget else (low, mid)
     plan = scaled(low)
-    for s, stage in enumerate(plan):
-        for b, widths in enumerate(stage):
+    for s in reversed(range(len(plan))):  # deepest stage first: its blocks hold the most channels
+        for b, widths in enumerate(plan[s]):
             for i in range(len(widths)):
-                if widths[i] < full[s][b][i]:
-                    widths[i] += 1
-                    widths[i] -= _macs_of(model, plan, size) > budget
+                grown = min(full[s][b][i], widths[i] + step)
+                if grown > widths[i]:
+                    widths[i], before = grown, widths[i]
+                    if _macs_of(model, plan, size) > budget:
+                        widths[i] = before
     return plan
 
 
@@ -137,7 +156,9 @@ def _macs_of(model: nn.Module, widths: list[list[list[int]]], size: tuple[int, .
     return count_macs(probe, size)
 
 
-def _check_request(model: nn.Module, target: float, method: str) -> None:
+def _check_request(model: nn.Module, target: float, method: str, round_to: int = 1) -> None:
+    if not isinstance(round_to, int) or round_to < 1:
+        raise PruningError(f"--round-to must be a whole number of channels, 1 or more, got {round_to}")
     if not 0 < target < 1:
         raise PruningError(f"the MACs target must be between 0 and 1 (a fraction of the original), got {target}")
     if method not in METHODS:

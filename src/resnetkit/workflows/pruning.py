@@ -13,7 +13,7 @@ import logging
 import time
 from pathlib import Path
 
-from resnetkit.compress import PruneResult, PruningError, prune_to_macs
+from resnetkit.compress import DEFAULT_ROUND_TO, PruneResult, PruningError, prune_to_macs
 from resnetkit.config import TrainConfig
 from resnetkit.engine.runner import RunResult, run_training
 from resnetkit.files import atomic_write
@@ -25,16 +25,17 @@ PRUNED_WEIGHTS = "pruned.safetensors"
 
 
 def prune_and_finetune(
-    source: str, target: float, method: str, cfg: TrainConfig, seed: int = 0
+    source: str, target: float, method: str, cfg: TrainConfig, seed: int = 0, round_to: int = DEFAULT_ROUND_TO
 ) -> tuple[PruneResult, RunResult]:
-    """Prune `source` (a checkpoint, run folder, weights file or registered name) to `target` x its MACs and
-    fine-tune the result as `cfg` says (its model, weights and model kwargs are set here)."""
+    """Prune `source` (a checkpoint, run folder, weights file or registered name) to `target` x its MACs, inner
+    widths in multiples of `round_to`, and fine-tune the result as `cfg` says (its model, weights and model kwargs
+    are set here)."""
     loaded = Predictor.load(source)
     if not loaded.supports_gradients:
         raise PruningError(f"{source} is an exported file: prune the checkpoint it was made from")
     model = loaded.gradient_model()
     size = (model.default_cfg.input_size[0], loaded.preprocessing.size, loaded.preprocessing.size)
-    result = prune_to_macs(model, target, method, size, seed)
+    result = prune_to_macs(model, target, method, size, seed, round_to)
     out = Path(cfg.out or f"runs/{loaded.architecture}-pruned-{time.strftime('%Y%m%d-%H%M%S')}")
     if (out / "checkpoints" / "last.pt").exists():
         raise PruningError(f"{out} already holds a run; continue it with `resnetkit train --resume {out}`")
