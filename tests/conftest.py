@@ -66,6 +66,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if _SESSION_HOME is None:
         _SESSION_HOME = pin_precision(Path(tempfile.mkdtemp(prefix="resnetkit-home-")))
         os.environ["RESNETKIT_HOME"] = str(_SESSION_HOME)
+        # ONNX files run on ONNX Runtime unless a test asks for another runtime or for `auto` (whose choice is a
+        # timing, like the pinned bf16 decision above: tests must not depend on it)
+        os.environ["RESNETKIT_RUNTIME"] = "onnxruntime"
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -392,7 +392,10 @@ def test_torch_steps_aside_while_onnx_runtime_computes(exported) -> None:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+SUFFIXES = {"onnx": ".onnx", "pt2": ".pt2", "openvino": ".xml", "executorch": ".pte"}
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2", "openvino", "executorch"])
 def test_an_export_that_disagrees_with_its_model_is_refused(fmt, tmp_path, monkeypatch, capsys) -> None:
     """Every export runs the written file on real images next to its PyTorch model: a graph that computes something
     else (here: a classifier whose weights the writer scaled by 1.5) is one error line, and nothing is at --out."""
@@ -409,7 +412,9 @@ def test_an_export_that_disagrees_with_its_model_is_refused(fmt, tmp_path, monke
         return write(other, meta, out, **kwargs)
 
     monkeypatch.setattr(deploy, "export_model", wrong_graph)
-    out = tmp_path / f"model.{fmt}"
+    if fmt in ("openvino", "executorch"):
+        require_module(fmt)
+    out = tmp_path / f"model{SUFFIXES[fmt]}"
     assert main(["export", "--checkpoint", WEIGHTS, "--format", fmt, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "disagrees with its model on real images" in err, err

@@ -11,3 +11,7 @@ CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 
 ENV_HOME = "RESNETKIT_HOME"
 DEFAULT_HOME = "~/.cache/resnetkit"
+
+# What `--runtime` can ask for an exported file to run on; "auto" is each file's own (for an ONNX file: the faster of
+# ONNX Runtime and OpenVINO on this CPU, measured once: runtime.choice)
+RUNTIMES = ("auto", "onnxruntime", "openvino")

@@ -63,11 +63,17 @@ def batch1_latency(
 
 @torch.no_grad()
 def bench_infer_checkpoint(
-    checkpoint: str, *, batch_size: int = 8, seconds: float = 5.0, compile: bool = True, fold_bn: bool = True
+    checkpoint: str,
+    *,
+    batch_size: int = 8,
+    seconds: float = 5.0,
+    compile: bool = True,
+    fold_bn: bool = True,
+    runtime: str | None = None,
 ) -> BenchResult:
     """Throughput at `batch_size` and batch-1 latency (p50/p99) of `checkpoint` as deployed (an exported file on
     its runtime, a checkpoint on the fast path) against the standard eager fp32 model, on random inputs."""
-    loaded = Predictor.load(checkpoint)
+    loaded = Predictor.load(checkpoint, runtime=runtime)
     baseline, same = baseline_for(loaded)
     ours = loaded.runnable(compile, fold_bn=fold_bn)
     size = (3, loaded.preprocessing.size, loaded.preprocessing.size)

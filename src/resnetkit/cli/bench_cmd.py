@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from resnetkit.cli import add_runtime_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("bench", help="benchmark the fast path against the standard PyTorch baseline")
@@ -43,6 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     d.add_argument("--rounds", type=int, default=3)
     for k in (t, i, e, d):
         k.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    for k in (i, e):
+        add_runtime_argument(k)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
             seconds=args.seconds,
             compile=args.compile,
             fold_bn=args.fold_bn,
+            runtime=args.runtime,
         )
     else:
         result = bench_infer(
@@ -131,7 +136,7 @@ def _bench_eval(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         from resnetkit.errors import DataError
         from resnetkit.runtime import Predictor
 
-        loaded = Predictor.load(args.checkpoint)
+        loaded = Predictor.load(args.checkpoint, runtime=args.runtime)
         pre, classes = loaded.preprocessing, loaded.classes
         if pre.kind != "cifar" or pre.size != 32 or len(classes) != len(ds.classes):
             raise DataError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from resnetkit.cli import add_runtime_argument
 from resnetkit.config import DATA_CHOICES, DATA_MODES
 
 
@@ -18,6 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def add_evaluation_arguments(p: argparse.ArgumentParser) -> None:
     """What to evaluate on which data, and how: shared by `eval` and `report`."""
     p.add_argument("--checkpoint", required=True, help="checkpoint file, run folder or registered weights name")
+    add_runtime_argument(p)
     p.add_argument("--data", default="sample", choices=DATA_CHOICES)
     p.add_argument("--data-dir")
     p.add_argument(
@@ -59,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         compile=args.compile,
         data_mode=args.data_mode,
         workers=args.workers,
+        runtime=args.runtime,
     )
     if args.json:
         print(json.dumps(res))

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from resnetkit.cli import add_runtime_argument
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("predict", help="classify image files or folders with a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    add_runtime_argument(p)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
     p.add_argument("--topk", type=int, default=3)
     p.add_argument("--json", action="store_true", help="print one JSON list (an unreadable file: path and error)")
@@ -20,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from resnetkit.cli.exit_codes import warn_file_errors
     from resnetkit.workflows.inference import predict_files
 
-    results = predict_files(args.checkpoint, args.images, topk=args.topk, strict=args.strict)
+    results = predict_files(args.checkpoint, args.images, topk=args.topk, strict=args.strict, runtime=args.runtime)
     if args.json:
         print(json.dumps(results))
     else:

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         keep_images=True,
         data_mode=args.data_mode,
         workers=args.workers,
+        runtime=args.runtime,
     )
     scored: dict[str, str] = {}
 

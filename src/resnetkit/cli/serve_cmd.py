@@ -6,6 +6,8 @@ import argparse
 import socket
 from typing import Any
 
+from resnetkit.cli import add_runtime_argument
+
 KEEP_ALIVE_S = 30
 API_KEY_ENV = "RESNETKIT_API_KEY"
 
@@ -13,6 +15,7 @@ API_KEY_ENV = "RESNETKIT_API_KEY"
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("serve", help="serve a model over HTTP (web page at /, API docs at /docs)")
     p.add_argument("--checkpoint", required=True, help="what predict takes: run folder, checkpoint, name, .onnx")
+    add_runtime_argument(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0: any free port (the one taken is printed)")
     p.add_argument("--max-batch", type=int, default=32, help="images per forward pass (dynamic batching)")
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         require_grpc("grpc"), require_grpc("tritonclient.grpc")
     if args.threads:
         torch.set_num_threads(args.threads)
-    Predictor.load(args.checkpoint)  # a bad checkpoint is a one-line error here, not a failed start-up later
+    # a bad checkpoint is a one-line error here, not a failed start-up later; `auto` measures here, once (cached)
+    Predictor.load(args.checkpoint, runtime=args.runtime)
     os.environ[SETTINGS_ENV] = json.dumps(dataclasses.asdict(_settings(args)))
     sock = _listening_socket(args.host, args.port)
     port = sock.getsockname()[1]  # the one the kernel chose for --port 0
@@ -104,6 +108,7 @@ def _settings(args: argparse.Namespace) -> Any:
         grpc_port=args.grpc_port,
         grpc_host=args.host,
         api_key=_api_key(args),
+        runtime=args.runtime,
     )
 
 

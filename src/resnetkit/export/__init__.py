@@ -1,4 +1,5 @@
-"""Export a model to a deployable, self-describing file: ONNX (fp32 or int8) or a torch.export `.pt2`."""
+"""Export a model to a deployable, self-describing file: ONNX (fp32 or int8), a torch.export `.pt2`, an OpenVINO IR
+(fp32 or int8) or an ExecuTorch `.pte` program (fp32 or int8)."""
 
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ __all__ = [
 def export_model(
     model: nn.Module, meta: ExportMeta, out: str | Path, *, calibration: Iterable[np.ndarray] | None = None
 ) -> ExportMeta:
-    """Write `model` (eval mode, fp32) to `out` in `meta.format`; int8 (ONNX only) when `calibration` batches
-    (normalized float32 NCHW arrays of real images) are given. Returns the metadata written. Nothing is left at
-    `out` if the export fails."""
+    """Write `model` (eval mode, fp32) to `out` in `meta.format`; int8 (ONNX Runtime, OpenVINO or ExecuTorch) when
+    `calibration` batches (normalized float32 NCHW arrays of real images) are given. Returns the metadata written.
+    Nothing is left at `out` if the export fails."""
     if meta.format not in FORMATS:
         raise ExportError(f"unknown export format {meta.format!r}; choose one of {', '.join(FORMATS)}")
     pre = meta.preprocessing_obj()
@@ -53,13 +54,19 @@ def export_model(
     model = model.float().eval()
     if meta.format == "pt2":
         if calibration is not None:
-            raise ExportError("--int8 writes ONNX Runtime int8 files: use --format onnx")
+            raise ExportError("--int8 needs a runtime with int8 kernels: use --format onnx, openvino or executorch")
         save_pt2(exported_program(model, shape), meta, Path(out))
         return meta
+    if meta.format == "executorch":  # a .pte program lowered to XNNPACK; int8 through XNNPACK's quantizer
+        from resnetkit.export.executorch_writer import save_pte
+
+        return save_pte(model, meta, Path(out), shape, calibration)
     if meta.input == PIXEL_INPUT:
         if calibration is not None:
             raise ExportError("--with-preprocessing exports fp32 graphs only: drop --int8")
         model, shape = PixelInput(model, pre), (pre.size, pre.size, 3)
+    if meta.format == "openvino":
+        return _save_openvino(model, meta, Path(out), shape, calibration)
     proto = onnx_proto(model, shape, meta)
     if calibration is not None:
         batches = iter(calibration)
@@ -70,6 +77,20 @@ def export_model(
         meta = replace(meta, precision="int8", calibration=record)
         set_metadata(proto, meta)
     save_proto(proto, Path(out))
+    return meta
+
+
+def _save_openvino(
+    model: nn.Module, meta: ExportMeta, out: Path, shape: tuple[int, int, int], calibration: Any
+) -> ExportMeta:
+    """An OpenVINO IR converted from the checked fp32 ONNX graph, int8 through NNCF when calibrated."""
+    from resnetkit.export.openvino_writer import check_ir_path, openvino_model, save_ir
+
+    check_ir_path(out)
+    ov_model, record = openvino_model(onnx_proto(model, shape, meta), calibration)
+    if record is not None:
+        meta = replace(meta, precision="int8", calibration=record)
+    save_ir(ov_model, meta, out)
     return meta
 
 

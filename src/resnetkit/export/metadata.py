@@ -1,7 +1,8 @@
 """What an exported file carries so that nothing else is needed to use it: the class names, the preprocessing
 (input size, mean, std, interpolation, crop), the architecture, the resnetkit version and the source checkpoint's
 sha256. ONNX files keep it as one JSON string in their `metadata_props` (key `resnetkit`); `.pt2` files as the
-extra file `resnetkit.json` of their archive."""
+extra file `resnetkit.json` of their archive; ExecuTorch `.pte` programs as the string their constant method
+`resnetkit_meta` returns."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from resnetkit.transforms import Preprocessing
 
 META_KEY = "resnetkit"  # ONNX metadata_props key
 META_FILE = "resnetkit.json"  # .pt2 extra file
-FORMATS = ("onnx", "pt2")
+FORMATS = ("onnx", "pt2", "openvino", "executorch")
+INT8_FORMATS = ("onnx", "openvino", "executorch")  # --int8: each runtime's own post-training quantization
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 FLOAT_INPUT, PIXEL_INPUT = "float32_nchw", "uint8_nhwc"
 
@@ -27,7 +29,7 @@ class ExportMeta:
     architecture: str
     classes: tuple[str, ...]
     preprocessing: dict[str, Any]  # Preprocessing.to_dict()
-    format: str  # onnx | pt2
+    format: str  # onnx | pt2 | openvino | executorch
     source: str  # the checkpoint, run folder, weights file or registered name it was made from
     source_sha256: str
     precision: str = "fp32"  # fp32 | int8

@@ -37,8 +37,8 @@ class Predictor:
         self._runnable: dict[tuple[bool, bool], nn.Module] = {}
 
     @classmethod
-    def load(cls, source: str | Path, *, gradients: bool = False) -> Predictor:
-        predictor = cls(load_model(source), source)
+    def load(cls, source: str | Path, *, gradients: bool = False, runtime: str | None = None) -> Predictor:
+        predictor = cls(load_model(source, runtime), source)
         if gradients and not predictor.supports_gradients:
             raise ExportError(
                 f"{source} is an exported {predictor.runtime} model without gradients: use the PyTorch checkpoint it "
@@ -74,7 +74,7 @@ class Predictor:
 
     @property
     def runtime(self) -> str:
-        """ "pytorch", "onnxruntime" or "torch.export"."""
+        """ "pytorch", "onnxruntime", "openvino", "torch.export" or "executorch"."""
         exported = self._loaded.exported
         return "pytorch" if exported is None else exported.runtime
 

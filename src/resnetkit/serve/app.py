@@ -48,7 +48,7 @@ class Service:
     def load(self) -> None:
         if self.settings.threads:
             torch.set_num_threads(self.settings.threads)
-        self.predictor = Predictor.load(self.settings.checkpoint)
+        self.predictor = Predictor.load(self.settings.checkpoint, runtime=self.settings.runtime)
         self.predictor.runnable()  # the fast path, made once before the first request
         s = self.settings
         self.batcher = DynamicBatcher(

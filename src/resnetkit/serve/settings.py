@@ -22,6 +22,7 @@ class ServeSettings:
     grpc_port: int | None = None  # OIP v2 over gRPC on this port (0: a free one, see /v1/metadata); None: no gRPC
     grpc_host: str = "127.0.0.1"
     api_key: str | None = field(default=None, repr=False)  # Bearer key for all but health/readiness; never shown
+    runtime: str | None = None  # what an exported file runs on (`--runtime`; None: the file's own, auto for ONNX)
 
     def public(self) -> dict:
         """The settings as /v1/metadata shows them: the API key left out (only whether one is set)."""

@@ -20,6 +20,7 @@ from resnetkit.data.cifar import load_sample
 from resnetkit.data.factory import load_eval_split
 from resnetkit.errors import ExportError
 from resnetkit.export import FLOAT_INPUT, FORMATS, PIXEL_INPUT, ExportMeta, export_model
+from resnetkit.export.metadata import INT8_FORMATS
 from resnetkit.export.triton import MODEL_FILE, MODEL_VERSION, write_entry
 from resnetkit.models import create_model, get_model_entry, resolve_data_config
 from resnetkit.runtime import Loaded, Predictor, file_format, load_model
@@ -52,8 +53,8 @@ def export_checkpoint(
     `data`: calibrating on the test images would tune the file to the numbers it is judged by."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if int8 and fmt != "onnx":
-        raise ExportError("--int8 writes ONNX Runtime int8 files: use --format onnx")
+    if int8 and fmt not in INT8_FORMATS:
+        raise ExportError(f"--int8 needs a runtime with int8 kernels: use --format {', '.join(INT8_FORMATS)}")
     if int8 and not data:
         raise ExportError("--int8 calibrates on real images: give --data (and --data-dir) as for `resnetkit eval`")
     if with_preprocessing and (fmt != "onnx" or int8 or test_data):
@@ -150,7 +151,8 @@ def check_written(loaded: Loaded, meta: ExportMeta, out: Path, images: torch.Ten
     if meta.input == PIXEL_INPUT:  # the graph normalises: it takes the center-cropped pixels, channels last
         got = _run_onnx(out, center_crop(images, loaded.preprocessing.size).permute(0, 2, 3, 1).contiguous().numpy())
     else:
-        got = Predictor.load(out).logits(x).numpy()
+        # an ONNX file is checked on ONNX Runtime, its reference runtime (no `auto` measurement inside an export)
+        got = Predictor.load(out, runtime="onnxruntime" if meta.format == "onnx" else None).logits(x).numpy()
     check = _compare(got, want)
     scale = max(1.0, float(np.abs(want).max()))
     if meta.precision == "int8":
@@ -160,11 +162,17 @@ def check_written(loaded: Loaded, meta: ExportMeta, out: Path, images: torch.Ten
         ok = bool(np.isfinite(got).all()) and check.max_abs_diff <= 1e-3 * scale
         limit = f"at most {1e-3 * scale:.1e}"
     if not ok:
-        out.unlink(missing_ok=True)
+        for written in written_files(out, meta.format):
+            written.unlink(missing_ok=True)
         raise ExportError(
             f"the exported file disagrees with its model on real images ({check}; wanted {limit}): not written"
         )
     return check
+
+
+def written_files(out: Path, fmt: str) -> list[Path]:
+    """The files an export to `out` writes: an OpenVINO IR's .xml and its .bin; one file otherwise."""
+    return [out, out.with_suffix(".bin")] if fmt == "openvino" else [out]
 
 
 def _run_onnx(path: Path, x: np.ndarray) -> np.ndarray:

@@ -44,6 +44,7 @@ def evaluate_checkpoint(
     compile: bool | None = None,
     data_mode: str = "auto",
     workers: int | None = None,
+    runtime: str | None = None,
 ) -> dict[str, Any]:
     """top1, top5, loss, n, per-class accuracy, the confusion matrix, per-class precision / recall / F1 and the
     expected calibration error of a checkpoint on one split (options as in `predict_split`).
@@ -68,6 +69,7 @@ def evaluate_checkpoint(
         compile=compile,
         data_mode=data_mode,
         workers=workers,
+        runtime=runtime,
     )
     return {
         **preds.to_eval_result().to_dict(preds.classes),
@@ -101,6 +103,7 @@ def predict_split(
     keep_images: bool = False,
     data_mode: str = "auto",
     workers: int | None = None,
+    runtime: str | None = None,
 ) -> Predictions:
     """The logits of a checkpoint for every image of one split, with labels and image ids (see Predictions).
 
@@ -111,9 +114,9 @@ def predict_split(
     `data_mode` (image folders): "stream" reads the files batch by batch with `workers` decoding processes instead
     of decoding the split into memory first; "auto" streams when the decoded split would exceed 4 GB. Unreadable
     files are left out (with a warning) either way; streamed, `keep_images` keeps none (the report's figure of
-    mistakes is then left out).
+    mistakes is then left out). `runtime`: what an exported file runs on (runtime.exported.RUNTIMES).
     """
-    predictor = Predictor.load(checkpoint)
+    predictor = Predictor.load(checkpoint, runtime=runtime)
     pre = predictor.preprocessing
     stream = folder_streams(data, data_dir, data_mode, pre)
     ds, classes, trained_on = _split_of(predictor, data, data_dir, split, stream, download=download, progress=progress)
@@ -226,7 +229,13 @@ def _load_split(
 
 @torch.no_grad()
 def predict_files(
-    checkpoint: str | Path, paths: Sequence[str | Path], *, topk: int = 5, batch_size: int = 64, strict: bool = False
+    checkpoint: str | Path,
+    paths: Sequence[str | Path],
+    *,
+    topk: int = 5,
+    batch_size: int = 64,
+    strict: bool = False,
+    runtime: str | None = None,
 ) -> list[dict[str, Any]]:
     """The top-k classes with probabilities for every image file (folders expanded), in file order:
     `{"path", "top": [{"class", "prob"}, ...]}`.
@@ -236,7 +245,7 @@ def predict_files(
     at the first such file instead. A missing path or no image file at all raises DataError either way."""
     from resnetkit.data.folder import list_image_files
 
-    predictor = Predictor.load(checkpoint)  # a few images: no compile (it would not pay off)
+    predictor = Predictor.load(checkpoint, runtime=runtime)  # a few images: no compile (it would not pay off)
     files = list_image_files(paths)
     results: list[dict[str, Any]] = []
     for start in range(0, len(files), batch_size):

@@ -1,0 +1,173 @@
+"""OpenVINO (issue 32): `resnetkit export --format openvino` (IR, fp32 and NNCF int8, metadata in rt_info), OpenVINO
+as a runtime for ONNX files (`--runtime`), `auto` choosing by a cached measurement, and every inference command
+running them, on real CIFAR-10 images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import resnetkit
+from resnetkit.cli.main import main
+from resnetkit.data.cifar import load_cifar
+from resnetkit.runtime import Predictor
+from resnetkit.transforms import preprocessing_for
+from resnetkit.weights.registry import get_weights
+
+from conftest import require_module, shared_data
+
+ov = require_module("openvino")
+WEIGHTS = "resnet20.rk_cifar10"
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def cifar() -> str:
+    return str(shared_data("cifar-10-batches-bin"))
+
+
+@pytest.fixture(scope="module")
+def irs(tmp_path_factory, cifar) -> dict[str, Path]:
+    """The shipped ResNet-20 as an fp32 IR and an int8 IR (NNCF, calibrated on 512 CIFAR-10 training images)."""
+    folder = tmp_path_factory.mktemp("ir")
+    files = {"fp32": folder / "r20.xml", "int8": folder / "r20_int8.xml"}
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--format", "openvino", "--out", str(files["fp32"])]) == 0
+    int8 = ["--int8", "--data", "cifar10", "--data-dir", cifar, "--out", str(files["int8"])]
+    assert main(["-q", "export", "--checkpoint", WEIGHTS, "--format", "openvino", *int8]) == 0
+    return files
+
+
+def _test_images(cifar: str, n: int) -> torch.Tensor:
+    ds = load_cifar(cifar, "cifar10", "test", progress=False)
+    pre = preprocessing_for(get_weights(WEIGHTS).data_config, "cifar")
+    return pre.eval_batch(ds.images[:n], torch.contiguous_format)
+
+
+def _one_line_error(capsys, args: list[str]) -> str:
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("resnetkit: error:") and err.count("\n") == 1, err
+    return err
+
+
+def test_ir_and_onnx_on_openvino_give_pytorchs_logits_on_1000_real_images(irs, exported, cifar) -> None:
+    """fp32 on OpenVINO equals PyTorch to 1e-4 (the plugin's bf16 default would not: resnetkit asks for f32), at
+    batch 1000 and batch 1; the IR is an .xml with its weights in the .bin beside it, fp32 (not fp16)."""
+    x = _test_images(cifar, 1000)
+    with torch.no_grad():
+        want = resnetkit.create_model("resnet20", weights=WEIGHTS).eval()(x)
+    for source, runtime in ((irs["fp32"], None), (exported["onnx"], "openvino")):
+        predictor = Predictor.load(source, runtime=runtime)
+        assert predictor.runtime == "openvino" and predictor.precision == "fp32"
+        with predictor.running():
+            got = predictor.logits(x)
+            one = torch.cat([predictor.logits(x[i : i + 1]) for i in range(0, 1000, 50)])
+        assert (got - want).abs().max() <= 1e-4 and (one - want[::50]).abs().max() <= 1e-4
+    constants = [c for c in ov.Core().read_model(str(irs["fp32"])).get_ops() if c.get_type_name() == "Constant"]
+    assert constants and all(c.get_element_type() != ov.Type.f16 for c in constants)
+    assert irs["fp32"].with_suffix(".bin").stat().st_size > 1_000_000  # 0.27M fp32 weights, not 2-byte halves
+
+
+def test_int8_ir_scores_within_half_a_point_on_all_10000(irs, cifar10_eval) -> None:
+    ref = cifar10_eval(WEIGHTS)
+    res = cifar10_eval(str(irs["int8"]))
+    assert res["n"] == 10_000 and abs(res["top1"] - ref["top1"]) <= 0.005, (res["top1"], ref["top1"])
+    assert cifar10_eval(str(irs["fp32"]))["confusion_matrix"] == ref["confusion_matrix"]
+    meta = Predictor.load(irs["int8"]).describe()
+    assert (meta["runtime"], meta["precision"], meta["model"], meta["classes"][3]) == (
+        "openvino",
+        "int8",
+        "resnet20",
+        "cat",
+    )
+    types = {c.get_type_name() for c in ov.Core().read_model(str(irs["int8"])).get_ops()}
+    assert "FakeQuantize" in types  # NNCF's quantization, which the CPU plugin runs as int8 kernels
+    assert irs["int8"].with_suffix(".bin").stat().st_size < 0.4 * irs["fp32"].with_suffix(".bin").stat().st_size
+
+
+def test_predict_bench_and_report_run_openvino(irs, exported, tmp_path, capsys) -> None:
+    from resnetkit.data import load_sample
+    from resnetkit.data.examples import write_example_images
+
+    folder = write_example_images(load_sample("test"), tmp_path / "ex")
+    tops = {}
+    for name, args in {
+        "weights": [WEIGHTS],
+        "ir": [str(irs["fp32"])],
+        "onnx-openvino": [str(exported["onnx"]), "--runtime", "openvino"],
+    }.items():
+        assert main(["-q", "predict", "--checkpoint", *args, str(folder), "--json"]) == 0
+        tops[name] = [p["top"][0]["class"] for p in json.loads(capsys.readouterr().out)]
+    assert len(tops["weights"]) == 10 and tops["ir"] == tops["onnx-openvino"] == tops["weights"]
+    bench = ["-q", "bench", "infer", "--batch-size", "4", "--seconds", "0.2", "--threads", "1"]
+    assert main([*bench, "--checkpoint", str(exported["int8"]), "--runtime", "openvino"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (r["extra"]["runtime"], r["extra"]["precision"], r["extra"]["same_weights"]) == ("openvino", "int8", True)
+    assert 1e-4 < r["max_abs_diff"] < 3.0 and r["images_per_sec"] > 0
+    out = tmp_path / "report"
+    report = ["-q", "report", "--checkpoint", str(irs["int8"]), "--data", "sample", "--out", str(out), "--json"]
+    assert main(report) == 0
+    numbers = json.loads(capsys.readouterr().out)
+    assert numbers["n"] == 500 and numbers["top1"] > 0.85 and (out / "report.html").is_file()
+
+
+def test_auto_measures_once_on_this_cpu_and_keeps_the_choice(exported, own_home, monkeypatch) -> None:
+    """`--runtime auto` on an ONNX file times both runtimes once, keeps the winner under this CPU, the thread
+    count, both versions and the file's sha256, and later loads read it without measuring again."""
+    from resnetkit.runtime import choice
+
+    monkeypatch.delenv("RESNETKIT_RUNTIME", raising=False)
+    first = Predictor.load(exported["int8"])  # no --runtime: auto
+    cache = json.loads((own_home / choice.CACHE_FILE).read_text())
+    ((key, entry),) = cache.items()
+    assert first.runtime == entry["runtime"] in ("onnxruntime", "openvino")
+    assert key.endswith(__import__("hashlib").sha256(exported["int8"].read_bytes()).hexdigest())
+    assert f"threads {torch.get_num_threads()}" in key and "openvino" in key and "onnxruntime" in key
+    times = {r: (entry[f"{r}_batch1_ms"] * entry[f"{r}_batch{choice.BATCH}_ms"]) for r in ("onnxruntime", "openvino")}
+    assert entry["runtime"] == min(times, key=times.__getitem__)  # the lower geometric mean of the two medians
+
+    def no_measuring(*args):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(choice, "measure", no_measuring)
+    for planted in ("openvino", "onnxruntime"):  # what the cache says is what runs
+        (own_home / choice.CACHE_FILE).write_text(json.dumps({key: {**entry, "runtime": planted}}))
+        assert Predictor.load(exported["int8"], runtime="auto").runtime == planted
+    assert Predictor.load(exported["int8"], runtime="onnxruntime").runtime == "onnxruntime"
+
+
+def test_bad_runtime_requests_are_one_line(irs, exported, tmp_path, capsys, monkeypatch) -> None:
+    image = str(tmp_path)
+    predict = ["predict", image, "--checkpoint"]
+    err = _one_line_error(capsys, [*predict, str(exported["pt2"]), "--runtime", "openvino"])
+    assert "is a torch.export .pt2 file, which runs on torch.export, not openvino" in err
+    assert "--runtime openvino runs exported files" in _one_line_error(
+        capsys, [*predict, WEIGHTS, "--runtime", "openvino"]
+    )
+    err = _one_line_error(capsys, [*predict, str(irs["fp32"]), "--runtime", "onnxruntime"])
+    assert "is an OpenVINO IR, which runs on openvino" in err
+    bare = tmp_path / "bare.xml"  # an IR that resnetkit did not write: no metadata in its rt_info
+    model = ov.Core().read_model(str(irs["fp32"]))
+    stripped = ov.Model(model.get_results(), model.get_parameters(), "bare")
+    ov.save_model(stripped, str(bare), compress_to_fp16=False)
+    assert "has no resnetkit metadata" in _one_line_error(capsys, [*predict, str(bare)])
+    bare.with_suffix(".bin").unlink()
+    assert "bare.bin is missing" in _one_line_error(capsys, [*predict, str(bare)])
+    out = tmp_path / "m.onnx"
+    err = _one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "openvino", "--out", str(out)])
+    assert "give --out" in err and f"{out}.xml" in err and not out.exists()
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
+    err = _one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "openvino", "--out", f"{out}.xml"])
+    assert "pip install 'resnetkit[openvino]'" in err
+    assert "pip install 'resnetkit[openvino]'" in _one_line_error(capsys, [*predict, str(irs["fp32"])])
+    assert list(tmp_path.glob("m.*")) == []
+    assert np.isfinite(Predictor.load(exported["onnx"]).logits(torch.zeros(1, 3, 32, 32)).numpy()).all()
