@@ -84,7 +84,7 @@ def prune_to_macs(
     method: str = "l1",
     input_size: Sequence[int] | None = None,
     seed: int = 0,
-    round_to: int = 1,
+    round_to: int = DEFAULT_ROUND_TO,
 ) -> PruneResult:
     """Remove inner channels of `model` (a copy) until its MACs are at most `target` x the original's.
 
