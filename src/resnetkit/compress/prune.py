@@ -25,9 +25,9 @@ from resnetkit.models import ResidualBlock, create_model
 from resnetkit.models.complexity import count_macs, count_parameters
 
 METHODS = ("l1", "l2", "bn", "group", "random")
-# Kept inner widths are multiples of this by default (`--round-to`): measured on both project CPUs (benchmarks/
-# RESULTS.md, "Runtimes"), odd widths such as 9, 17 and 31 run slower in oneDNN's fp32 convolutions and in the int8
-# kernels of ONNX Runtime and OpenVINO than the multiples of 8 next to them.
+# Kept inner widths are multiples of this by default (`--round-to`): ResNet-56 pruned to widths such as 9, 17 and 31
+# ran slower in ONNX Runtime's int8 than the unpruned network (AMD EPYC, benchmarks/RESULTS.md "Compress"); the same
+# pruning with --round-to 1 and 8 on every runtime, per CPU: RESULTS.md "Runtimes".
 DEFAULT_ROUND_TO = 8
 
 
