@@ -63,3 +63,60 @@ def test_bench_eval_compares_one_whole_evaluation(capsys) -> None:
     assert result["baseline_images_per_sec"] * extra["baseline_seconds"] == pytest.approx(500)
     warm = (extra["warm_images_per_sec"], extra["warm_baseline_images_per_sec"])
     assert all(math.isfinite(v) and v > 0 for v in warm)
+
+
+class _RecordingSession:
+    """An ONNX Runtime session's interface (inputs, outputs, run) that records the batch of every call."""
+
+    def __init__(self, batch: int | str = "N") -> None:
+        self.batch, self.calls = batch, []
+
+    def get_inputs(self):  # type: ignore[no-untyped-def]
+        return [type("Arg", (), {"name": "input", "shape": [self.batch, 3, "H", "W"]})]
+
+    def get_outputs(self):  # type: ignore[no-untyped-def]
+        return [type("Arg", (), {"name": "logits"})]
+
+    def run(self, names, feed):  # type: ignore[no-untyped-def]
+        x = feed["input"]
+        self.calls.append(len(x))
+        return [x.reshape(len(x), -1)[:, :2] * 2]  # per-image "logits", so any mix-up of rows shows
+
+
+@pytest.mark.parametrize(
+    ("batch", "size", "fixed", "calls"),
+    [
+        (250, 32, "N", [64, 64, 64, 58]),  # CIFAR-sized images: chunks of 64 (issue 32)
+        (64, 32, "N", [64]),
+        (7, 32, "N", [7]),
+        (100, 64, "N", [16] * 6 + [4]),  # 4x the pixels: a quarter of the images per chunk
+        (40, 224, "N", [40]),  # fewer than MIN_CHUNK images fit a chunk: the batch runs whole
+        (250, 32, 8, [8] * 32),  # a file with a fixed batch gets exactly that (the last chunk zero-padded)
+    ],
+)
+def test_onnx_runtime_module_runs_large_batches_of_small_images_in_chunks(batch, size, fixed, calls) -> None:
+    import torch
+
+    from resnetkit.runtime import OnnxRuntimeModule
+
+    session = _RecordingSession(fixed)
+    x = torch.randn(batch, 3, size, size)
+    out = OnnxRuntimeModule(session)(x)
+    assert session.calls == calls
+    assert torch.equal(out, x.reshape(batch, -1)[:, :2] * 2)  # every row its own image's, in order
+
+
+def test_int8_onnx_session_does_not_spin_and_chunks_give_the_whole_batch_logits(exported) -> None:
+    """Issue 32: ONNX Runtime's idle workers do not busy-wait (they took the cores the batches being prepared and a
+    training run beside needed), and a batch run in chunks gives exactly the logits of one call on the whole batch."""
+    import torch
+
+    from resnetkit.data.cifar import load_sample
+    from resnetkit.runtime import Predictor
+
+    predictor = Predictor.load(exported["int8"], runtime="onnxruntime")
+    session = predictor.model.session
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    x = predictor.prepare(load_sample("test").images[:150])
+    whole = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert torch.equal(predictor.logits(x), torch.from_numpy(whole))

@@ -72,6 +72,8 @@ class BatchLoader:
             take = order[index * self.batch_size : (index + 1) * self.batch_size]
             if self.train and self.world_size > 1:
                 take = take[rows.start : rows.stop]
+            if not self.train:  # consecutive images: a view of the stored ones, not a gathered copy
+                take = slice(int(take[0]), int(take[-1]) + 1)
             images, labels = self.dataset.images[take], self.dataset.labels[take]
             if self.train:
                 gen = torch.Generator().manual_seed(mix_seed(self.seed, epoch, index + 1))

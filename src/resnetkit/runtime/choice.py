@@ -30,6 +30,9 @@ from resnetkit.weights.download import sha256_file
 
 log = logging.getLogger(__name__)
 CACHE_FILE = "runtime_choice.json"
+# part of the key: a choice measured under other session settings (ORT's spinning, OpenVINO's hints) is measured
+# again, not reused
+SETTINGS_VERSION = 2
 BATCH = 16  # the larger of the two measured batches (evaluation and the service's dynamic batches)
 ROUNDS = 3
 
@@ -62,7 +65,8 @@ def choose_onnx_runtime(path: Path, size: int, loaders: dict[str, Loader]) -> st
 
 def cache_key(path: Path) -> str:
     versions = " ".join(f"{m} {_version(m)}" for m in ("onnxruntime", "openvino"))
-    return f"{cpu_signature()} | threads {torch.get_num_threads()} | {versions} | {sha256_file(path)}"
+    settings = f"settings {SETTINGS_VERSION} | threads {torch.get_num_threads()}"
+    return f"{cpu_signature()} | {settings} | {versions} | {sha256_file(path)}"
 
 
 def measure(modules: dict[str, nn.Module], size: int) -> dict[str, Any]:

@@ -130,8 +130,9 @@ class OnnxRuntimeModule(nn.Module):
 
     # A large batch of small images runs as chunks of at most this many input values (64 CIFAR images), at least
     # MIN_CHUNK images each: ORT's int8 convolutions take the whole batch at once (NHWC), and a chunk's activations
-    # stay in the cores' caches. Measured (Intel Xeon, 2 vCPUs, interleaved): int8 ResNet-20 ~10-15% more images/s
-    # in chunks of 64 than in one call of 250, fp32 no slower; larger images (fewer than MIN_CHUNK fit) run whole.
+    # stay in the cores' caches. Measured (Intel Xeon, 2 vCPUs, interleaved, issue 32): int8 ResNet-20 ~12% more
+    # images/s in chunks of 64 than in calls of 250 with a training beside, 2-5% idle, the same logits; fp32 no
+    # slower. Larger images (fewer than MIN_CHUNK fit in a chunk) run whole.
     CHUNK_VALUES = 64 * 3 * 32 * 32
     MIN_CHUNK = 16
 
@@ -236,8 +237,10 @@ def onnx_runtime_module(path: Path) -> OnnxRuntimeModule:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
     # no busy-waiting: ORT's idle workers spin by default, taking the cores that the batches being prepared and any
-    # other process (a training run beside) need. Measured (Intel Xeon, 2 vCPUs, a training run beside): int8
-    # ResNet-20 on the test set ~30% faster, batch 8 2.7 ms against 10.4; batch 1 0.40 ms against 0.34
+    # other process (a training run beside) need. Measured (Intel Xeon, 2 vCPUs, interleaved, issue 32): int8
+    # ResNet-20 over the test set 2,557 -> 3,307 img/s with a 1-thread training beside (heavier load: 1.4-1.6x; batch
+    # 8 2.7 ms against 10.4), but 4,977 -> 4,590 on an idle machine, and batch-1 p50 0.28 -> 0.43 ms idle (0.33 -> 0.40
+    # beside): this machine is shared, so the setting is for a busy one
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # external data too
