@@ -37,9 +37,9 @@ EXTRA = "edge"
 META_METHOD = "resnetkit_meta"  # the constant method holding the ExportMeta JSON
 METHOD = "forward"
 # The largest batch one call takes; larger ones run in chunks of it. ExecuTorch allocates the memory planned for it
-# when the program loads (64 images: 0.8 MB of input at 32 px, 38 MB at 224 px), and on the 2-vCPU EPYC ResNet-20 ran
-# faster in chunks of 16-64 images than in one call of 250 (their activations stay in the caches): 832 against 762
-# images/s in interleaved runs.
+# when the program loads (64 images: 0.8 MB of input at 32 px, 38 MB at 224 px), and on the 2-vCPU Intel Xeon
+# (session 16, shared with other work) ResNet-20 ran faster in chunks of 16-64 images than in one call of 250 (their
+# activations stay in the caches): 832 against 762 images/s in interleaved runs.
 MAX_BATCH = 64
 
 

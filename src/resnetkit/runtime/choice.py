@@ -1,12 +1,14 @@
 """`--runtime auto` for ONNX files: which of ONNX Runtime and OpenVINO runs this file faster on this CPU, measured
 once and remembered, as training's bf16 decision is (engine.device.bf16_speedup).
 
-No single runtime wins everywhere (benchmarks/RESULTS.md, "Runtimes"): on the AMD EPYC (Zen 5) ONNX Runtime's int8
-was 1.3-1.7x OpenVINO's, on Intel Xeons with AMX OpenVINO's int8 and fp32 kernels are its strength, and which one
-wins also depends on the model and the batch. So the choice is a measurement: both runtimes load the file, run it
-interleaved at batch 1 and at batch BATCH on random inputs of its input size, and the one with the lower geometric
-mean of the two median times wins. Kept in the cache folder under the CPU's name and flags, the thread count, both
-runtimes' versions and the file's sha256; a CPU, a thread count or a file not seen before is measured again.
+No single runtime wins everywhere: on the AMD EPYC (Zen 5) ONNX Runtime's int8 ran 1.3-1.7x OpenVINO's (NNCF) while
+OpenVINO's fp32 was 1.04-1.24x ONNX Runtime's (issue 32's measurements); on the Intel Xeon with AMX this measurement
+chose OpenVINO for the int8 ResNet-56 and cats-vs-dogs files and ONNX Runtime for the int8 ResNet-20 (session 16,
+a shared machine; benchmarks/RESULTS.md, "Runtimes"); the winner also depends on the load beside it. So the choice
+is a measurement: both runtimes load the file, run it interleaved at batch 1 and at batch BATCH on random inputs of
+its input size, and the one with the lower geometric mean of the two median times wins. Kept in the cache folder
+under the CPU's name and flags, the settings, the thread count, both runtimes' versions and the file's sha256; a
+CPU, a thread count or a file not seen before is measured again.
 """
 
 from __future__ import annotations
