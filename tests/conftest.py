@@ -71,6 +71,14 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["RESNETKIT_RUNTIME"] = "onnxruntime"
 
 
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The OpenVINO tests run last. Known and not yet understood (issue 32, session 16): after OpenVINO has run
+    models in this process, tests/test_precision.py's fp16 training stopped by a real SIGINT crashed the process
+    (SIGSEGV), even with every OpenVINO object collected; no resnetkit command uses OpenVINO and trains in one
+    process."""
+    items.sort(key=lambda item: item.path.name == "test_openvino.py")  # stable: the rest keep their order
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     procs.reap_all()  # whatever a fixture left running
     if _SESSION_HOME is not None:
