@@ -71,14 +71,6 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ["RESNETKIT_RUNTIME"] = "onnxruntime"
 
 
-def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The OpenVINO tests run last. Known and not yet understood (issue 32, session 16): after OpenVINO has run
-    models in this process, tests/test_precision.py's fp16 training stopped by a real SIGINT crashed the process
-    (SIGSEGV), even with every OpenVINO object collected; no resnetkit command uses OpenVINO and trains in one
-    process."""
-    items.sort(key=lambda item: item.path.name == "test_openvino.py")  # stable: the rest keep their order
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     procs.reap_all()  # whatever a fixture left running
     if _SESSION_HOME is not None:
@@ -144,6 +136,29 @@ def require_module(name: str):
         return importlib.import_module(name)
     except ImportError as exc:
         _missing(f"the test dependency {name!r} cannot be imported ({exc})")
+
+
+def cifar_test_images(
+    cifar: str | Path, n: int, weights: str = "resnet20.rk_cifar10", memory_format: torch.memory_format | None = None
+) -> torch.Tensor:
+    """The first n CIFAR-10 test images, normalized as `weights` expect (channels-last unless memory_format)."""
+    from resnetkit.data.cifar import load_cifar
+    from resnetkit.transforms import preprocessing_for
+    from resnetkit.weights.registry import get_weights
+
+    ds = load_cifar(str(cifar), "cifar10", "test", progress=False)
+    pre = preprocessing_for(get_weights(weights).data_config, "cifar")
+    return pre.eval_batch(ds.images[:n]) if memory_format is None else pre.eval_batch(ds.images[:n], memory_format)
+
+
+def one_line_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """`resnetkit ARGS` in this process fails as a user mistake: exit 2 and one line on stderr, which is returned."""
+    from resnetkit.cli.main import main
+
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("resnetkit: error:") and err.count("\n") == 1, err
+    return err
 
 
 def confusion_from_predictions(preds: list[dict], classes: list[str]) -> list[list[int]]:

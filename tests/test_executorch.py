@@ -13,12 +13,10 @@ import torch
 
 import resnetkit
 from resnetkit.cli.main import main
-from resnetkit.data.cifar import load_cifar
 from resnetkit.runtime import Predictor
-from resnetkit.transforms import preprocessing_for
 from resnetkit.weights.registry import get_weights
 
-from conftest import require_module, shared_data
+from conftest import cifar_test_images, one_line_error, require_module, shared_data
 
 Runtime = require_module("executorch.runtime").Runtime
 WEIGHTS = "resnet20.rk_cifar10"
@@ -45,23 +43,10 @@ def ptes(tmp_path_factory, cifar) -> dict[str, Path]:
     return files
 
 
-def _test_images(cifar: str, n: int) -> torch.Tensor:
-    ds = load_cifar(cifar, "cifar10", "test", progress=False)
-    pre = preprocessing_for(get_weights(WEIGHTS).data_config, "cifar")
-    return pre.eval_batch(ds.images[:n], torch.contiguous_format)
-
-
-def _one_line_error(capsys, args: list[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("resnetkit: error:") and err.count("\n") == 1, err
-    return err
-
-
 def test_pte_gives_pytorchs_logits_on_real_images(ptes, cifar) -> None:
     """fp32 on ExecuTorch equals PyTorch to 1e-4 at batch 200 (beyond the program's planned batch: run in chunks; the
     lowering once narrowed that bound to 15 images) and at batch 1; the metadata is read from inside the file."""
-    x = _test_images(cifar, 200)
+    x = cifar_test_images(cifar, 200, memory_format=torch.contiguous_format)
     with torch.no_grad():
         want = resnetkit.create_model("resnet20", weights=WEIGHTS).eval()(x)
     predictor = Predictor.load(ptes["fp32"])
@@ -79,7 +64,7 @@ def test_pte_gives_pytorchs_logits_on_real_images(ptes, cifar) -> None:
 def test_int8_pte_agrees_with_pytorch_on_real_images(ptes, cifar) -> None:
     """XNNPACK's int8 keeps PyTorch's top-1 on 300 real test images (measured 99.4% on 1,000) in a quarter of the
     bytes, and says how it was calibrated."""
-    x = _test_images(cifar, 300)
+    x = cifar_test_images(cifar, 300, memory_format=torch.contiguous_format)
     with torch.no_grad():
         want = resnetkit.create_model("resnet20", weights=WEIGHTS).eval()(x)
     predictor = Predictor.load(ptes["int8"])
@@ -125,11 +110,11 @@ def test_a_pte_without_resnetkit_metadata_is_one_line(tmp_path, capsys) -> None:
     program = torch.export.export(model, (torch.randn(1, 3, 8, 8),))
     foreign = tmp_path / "foreign.pte"
     foreign.write_bytes(to_edge_transform_and_lower(program).to_executorch().buffer)
-    err = _one_line_error(capsys, ["eval", "--checkpoint", str(foreign)])
+    err = one_line_error(capsys, ["eval", "--checkpoint", str(foreign)])
     assert "was not made by resnetkit export: it has no resnetkit metadata" in err
     fake = tmp_path / "fake.pte"
     fake.write_bytes(b"\x1c\x00\x00\x00ET12" + bytes(120))
-    assert "ExecuTorch cannot read" in _one_line_error(capsys, ["predict", "--checkpoint", str(fake), str(tmp_path)])
+    assert "ExecuTorch cannot read" in one_line_error(capsys, ["predict", "--checkpoint", str(fake), str(tmp_path)])
 
 
 def test_a_missing_edge_extra_is_named(ptes, tmp_path, capsys, monkeypatch) -> None:
@@ -137,7 +122,7 @@ def test_a_missing_edge_extra_is_named(ptes, tmp_path, capsys, monkeypatch) -> N
     monkeypatch.setitem(sys.modules, "executorch.exir", None)  # as if not installed: import raises ImportError
     monkeypatch.setitem(sys.modules, "executorch.runtime", None)
     out = tmp_path / "m.pte"
-    err = _one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "executorch", "--out", str(out)])
+    err = one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "executorch", "--out", str(out)])
     assert "pip install 'resnetkit[edge]'" in err and "executorch" in err and not out.exists()
-    err = _one_line_error(capsys, ["eval", "--checkpoint", str(ptes["fp32"])])
+    err = one_line_error(capsys, ["eval", "--checkpoint", str(ptes["fp32"])])
     assert "pip install 'resnetkit[edge]'" in err

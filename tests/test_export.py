@@ -19,7 +19,7 @@ from resnetkit.data.cifar import load_cifar
 from resnetkit.transforms import preprocessing_for
 from resnetkit.weights.registry import SHIPPED, get_weights
 
-from conftest import require_module, shared_data
+from conftest import cifar_test_images, require_module, shared_data
 
 onnx = require_module("onnx")
 ort = require_module("onnxruntime")
@@ -34,13 +34,6 @@ def offline(monkeypatch):
 @pytest.fixture(scope="module")
 def cifar() -> str:
     return str(shared_data("cifar-10-batches-bin"))
-
-
-def _test_images(cifar: str, n: int) -> torch.Tensor:
-    """The first n CIFAR-10 test images, normalized as the shipped weights expect."""
-    ds = load_cifar(cifar, "cifar10", "test", progress=False)
-    pre = preprocessing_for(get_weights(WEIGHTS).data_config, "cifar")
-    return pre.eval_batch(ds.images[:n])
 
 
 def _eval(capsys, checkpoint: str | Path, cifar: str) -> dict:
@@ -65,7 +58,7 @@ def _eval(capsys, checkpoint: str | Path, cifar: str) -> dict:
 
 
 def test_onnx_runtime_logits_equal_pytorch_at_batch_1_and_256(exported, cifar) -> None:
-    x = _test_images(cifar, 1000)
+    x = cifar_test_images(cifar, 1000)
     with torch.no_grad():
         want = resnetkit.create_model("resnet20", weights=WEIGHTS).eval()(x).numpy()
     session = ort.InferenceSession(str(exported["onnx"]), providers=["CPUExecutionProvider"])
@@ -307,7 +300,7 @@ def test_int8_calibration_holds_one_batch_of_activations_at_a_time(cifar, monkey
         source="test",
         source_sha256="",
     )
-    images = _test_images(cifar, 48)
+    images = cifar_test_images(cifar, 48)
     batches = [images[i : i + 16].numpy() for i in range(0, 48, 16)]
     _, record = quantize_onnx(onnx_proto(model, (3, 32, 32), meta), batches)
     assert seen == [1, 1, 1]

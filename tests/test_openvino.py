@@ -4,8 +4,8 @@ running them, on real CIFAR-10 images."""
 
 from __future__ import annotations
 
-import gc
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,12 +15,9 @@ import torch
 
 import resnetkit
 from resnetkit.cli.main import main
-from resnetkit.data.cifar import load_cifar
 from resnetkit.runtime import Predictor
-from resnetkit.transforms import preprocessing_for
-from resnetkit.weights.registry import get_weights
 
-from conftest import require_module, shared_data
+from conftest import cifar_test_images, one_line_error, require_module, shared_data
 
 ov = require_module("openvino")
 WEIGHTS = "resnet20.rk_cifar10"
@@ -29,10 +26,6 @@ WEIGHTS = "resnet20.rk_cifar10"
 @pytest.fixture(autouse=True)
 def offline(monkeypatch):
     monkeypatch.setenv("RESNETKIT_OFFLINE", "1")
-    yield
-    # OpenVINO's compiled models die here, not whenever the cyclic collector next runs: one collected during a later
-    # test (an fp16 training stopped by a real SIGINT, tests/test_precision.py) crashed the process (SIGSEGV, issue 32)
-    gc.collect()
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +44,10 @@ def irs(tmp_path_factory, cifar) -> dict[str, Path]:
     return files
 
 
-def _test_images(cifar: str, n: int) -> torch.Tensor:
-    ds = load_cifar(cifar, "cifar10", "test", progress=False)
-    pre = preprocessing_for(get_weights(WEIGHTS).data_config, "cifar")
-    return pre.eval_batch(ds.images[:n], torch.contiguous_format)
-
-
-def _one_line_error(capsys, args: list[str]) -> str:
-    code = main(args)
-    err = capsys.readouterr().err
-    assert code == 2 and err.startswith("resnetkit: error:") and err.count("\n") == 1, err
-    return err
-
-
 def test_ir_and_onnx_on_openvino_give_pytorchs_logits_on_1000_real_images(irs, exported, cifar) -> None:
     """fp32 on OpenVINO equals PyTorch to 1e-4 (the plugin's bf16 default would not: resnetkit asks for f32), at
     batch 1000 and batch 1; the IR is an .xml with its weights in the .bin beside it, fp32 (not fp16)."""
-    x = _test_images(cifar, 1000)
+    x = cifar_test_images(cifar, 1000, memory_format=torch.contiguous_format)
     with torch.no_grad():
         want = resnetkit.create_model("resnet20", weights=WEIGHTS).eval()(x)
     for source, runtime in ((irs["fp32"], None), (exported["onnx"], "openvino")):
@@ -153,26 +133,65 @@ def test_auto_measures_once_on_this_cpu_and_keeps_the_choice(exported, own_home,
 def test_bad_runtime_requests_are_one_line(irs, exported, tmp_path, capsys, monkeypatch) -> None:
     image = str(tmp_path)
     predict = ["predict", image, "--checkpoint"]
-    err = _one_line_error(capsys, [*predict, str(exported["pt2"]), "--runtime", "openvino"])
+    err = one_line_error(capsys, [*predict, str(exported["pt2"]), "--runtime", "openvino"])
     assert "is a torch.export .pt2 file, which runs on torch.export, not openvino" in err
-    assert "--runtime openvino runs exported files" in _one_line_error(
+    assert "--runtime openvino runs exported files" in one_line_error(
         capsys, [*predict, WEIGHTS, "--runtime", "openvino"]
     )
-    err = _one_line_error(capsys, [*predict, str(irs["fp32"]), "--runtime", "onnxruntime"])
+    err = one_line_error(capsys, [*predict, str(irs["fp32"]), "--runtime", "onnxruntime"])
     assert "is an OpenVINO IR, which runs on openvino" in err
     bare = tmp_path / "bare.xml"  # an IR that resnetkit did not write: no metadata in its rt_info
     model = ov.Core().read_model(str(irs["fp32"]))
     stripped = ov.Model(model.get_results(), model.get_parameters(), "bare")
     ov.save_model(stripped, str(bare), compress_to_fp16=False)
-    assert "has no resnetkit metadata" in _one_line_error(capsys, [*predict, str(bare)])
+    assert "has no resnetkit metadata" in one_line_error(capsys, [*predict, str(bare)])
     bare.with_suffix(".bin").unlink()
-    assert "bare.bin is missing" in _one_line_error(capsys, [*predict, str(bare)])
+    assert "bare.bin is missing" in one_line_error(capsys, [*predict, str(bare)])
     out = tmp_path / "m.onnx"
-    err = _one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "openvino", "--out", str(out)])
+    err = one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "openvino", "--out", str(out)])
     assert "give --out" in err and f"{out}.xml" in err and not out.exists()
     monkeypatch.setitem(sys.modules, "openvino", None)  # as if the extra were not installed
-    err = _one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "openvino", "--out", f"{out}.xml"])
+    err = one_line_error(capsys, ["export", "--checkpoint", WEIGHTS, "--format", "openvino", "--out", f"{out}.xml"])
     assert "pip install 'resnetkit[openvino]'" in err
-    assert "pip install 'resnetkit[openvino]'" in _one_line_error(capsys, [*predict, str(irs["fp32"])])
+    assert "pip install 'resnetkit[openvino]'" in one_line_error(capsys, [*predict, str(irs["fp32"])])
     assert list(tmp_path.glob("m.*")) == []
     assert np.isfinite(Predictor.load(exported["onnx"]).logits(torch.zeros(1, 3, 32, 32)).numpy()).all()
+
+
+SIGNAL_AFTER_OPENVINO = """
+import gc, signal, sys
+import torch
+from resnetkit.runtime.exported import load_exported
+first, second = load_exported(sys.argv[1]), load_exported(sys.argv[2])
+x = torch.rand(2, 3, 32, 32)
+first.module(x), second.module(x)
+del first
+gc.collect()
+del second
+gc.collect()
+signal.signal(signal.SIGINT, lambda *_: print("handled", flush=True))
+signal.raise_signal(signal.SIGINT)
+"""
+
+
+def test_a_signal_after_openvino_models_are_released_is_handled(irs) -> None:
+    """Two OpenVINO models loaded and released in the order they were made, then Ctrl-C: the handler runs. Each with
+    its own ov.Core, the CPU plugin left the thread on an unmapped signal stack and the signal killed the process
+    (SIGSEGV, openvino 2026.4.1 on an Intel Xeon with AMX); resnetkit keeps one Core per process."""
+    args = [sys.executable, "-c", SIGNAL_AFTER_OPENVINO, str(irs["fp32"]), str(irs["int8"])]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout == "handled\n", (done.returncode, done.stderr[-2000:])
+
+
+def test_threads_sharing_one_openvino_model_each_get_their_own_logits(irs, cifar) -> None:
+    """The service calls one model from several threads; each call gets the logits of its own images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = cifar_test_images(cifar, 64, memory_format=torch.contiguous_format)
+    model = Predictor.load(irs["fp32"]).model
+    with torch.no_grad():
+        want = [model(x[i : i + 8]) for i in range(0, 64, 8)]
+        with ThreadPoolExecutor(4) as pool:
+            for _ in range(5):
+                got = list(pool.map(lambda i: model(x[i : i + 8]), range(0, 64, 8)))
+                assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True))

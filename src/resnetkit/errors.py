@@ -39,3 +39,12 @@ class ExportError(ResnetkitError):
 
 class ModelArgumentError(ResnetkitError, ValueError):
     """Model keyword arguments the architecture cannot be built with (an impossible output_stride, a bad width)."""
+
+
+def first_line(e: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (at most 200 characters), for a one-line error naming what a
+    library said; its type's name when it has no message (and before it, with_type)."""
+    lines = str(e).strip().splitlines()
+    if not lines:
+        return type(e).__name__
+    return f"{type(e).__name__}: {lines[0][:200]}" if with_type else lines[0][:200]

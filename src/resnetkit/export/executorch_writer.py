@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from resnetkit.errors import ExportError
+from resnetkit.errors import ExportError, first_line
 from resnetkit.export.metadata import FLOAT_INPUT, ExportMeta
 from resnetkit.extras import require_extra
 from resnetkit.files import atomic_write
@@ -97,7 +97,8 @@ def quantized(
     try:
         prepared = pt2e.prepare_pt2e(graph, quantizer.XNNPACKQuantizer().set_global(config))
     except Exception as e:  # noqa: BLE001  prepare_pt2e fails with what the traced graph raises (pytorch#143621)
-        raise ExportError(f"ExecuTorch int8: XNNPACK's quantizer cannot prepare the model ({_first_line(e)})") from None
+        reason = first_line(e, with_type=True)
+        raise ExportError(f"ExecuTorch int8: XNNPACK's quantizer cannot prepare the model ({reason})") from None
     images = 0
     with torch.no_grad():
         for batch in calibration:
@@ -123,8 +124,3 @@ def _no_batch_guards() -> Iterator[None]:
 
     with fx_config.patch(backed_size_oblivious=True):
         yield
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0][:200]}" if text else type(e).__name__

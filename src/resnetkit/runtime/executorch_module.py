@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnetkit.errors import ExportError
+from resnetkit.errors import ExportError, first_line
 from resnetkit.export.executorch_writer import META_METHOD, METHOD, require
 from resnetkit.export.metadata import ExportMeta
 
@@ -64,7 +64,7 @@ def load_pte(path: Path) -> tuple[ExecuTorchModule, ExportMeta]:
         try:
             program = runtime.Runtime.get().load_program(path)
         except Exception as e:  # noqa: BLE001  an untrusted file: the runtime's verification refused it
-            raise ExportError(f"ExecuTorch cannot read {path}: {_first_line(e)}") from None
+            raise ExportError(f"ExecuTorch cannot read {path}: {first_line(e)}") from None
     if META_METHOD not in program.method_names:
         raise ExportError(
             f"{path} was not made by resnetkit export: it has no resnetkit metadata (its {META_METHOD!r} method: "
@@ -75,7 +75,7 @@ def load_pte(path: Path) -> tuple[ExecuTorchModule, ExportMeta]:
         try:
             method = program.load_method(METHOD)
         except Exception as e:  # noqa: BLE001  e.g. a backend this runtime was built without
-            raise ExportError(f"ExecuTorch cannot load {path}'s {METHOD} method: {_first_line(e)}") from None
+            raise ExportError(f"ExecuTorch cannot load {path}'s {METHOD} method: {first_line(e)}") from None
     _pool["loaded"] = True
     return ExecuTorchModule(program, method, int(method.metadata.input_tensor_meta(0).sizes()[0])), meta
 
@@ -84,7 +84,7 @@ def _meta_text(program: Any, path: Path) -> str:
     try:
         values = program.load_method(META_METHOD).execute([])
     except Exception as e:  # noqa: BLE001
-        raise ExportError(f"{path}: its resnetkit metadata cannot be read ({_first_line(e)})") from None
+        raise ExportError(f"{path}: its resnetkit metadata cannot be read ({first_line(e)})") from None
     if len(values) != 1 or not isinstance(values[0], str):
         raise ExportError(f"{path}: its {META_METHOD!r} method does not return the resnetkit metadata (one string)")
     return values[0]
@@ -124,8 +124,3 @@ def native_log_to_debug() -> Iterator[None]:
             lines = text.getvalue().splitlines() + captured.read().decode(errors="replace").splitlines()
             for line in lines:
                 log.debug("executorch: %s", line)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__

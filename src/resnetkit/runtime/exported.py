@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from resnetkit.constants import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RUNTIMES
-from resnetkit.errors import ExportError
+from resnetkit.errors import ExportError, first_line
 from resnetkit.export import META_FILE, META_KEY, PIXEL_INPUT, ExportMeta
 from resnetkit.export.deps import require
 from resnetkit.transforms import Preprocessing
@@ -187,7 +187,7 @@ def _load_pt2(path: Path) -> LoadedModel:
     try:
         program = torch.export.load(str(path), extra_files=extra)
     except Exception as e:  # noqa: BLE001  an untrusted file: any parse failure means "not a .pt2 file"
-        raise ExportError(f"cannot read {path} as a torch.export .pt2 file: {_first_line(e)}") from None
+        raise ExportError(f"cannot read {path} as a torch.export .pt2 file: {first_line(e)}") from None
     if not extra[META_FILE]:
         raise ExportError(f"{path} was not made by resnetkit export: it has no {META_FILE} (classes, preprocessing)")
     meta = ExportMeta.from_json(extra[META_FILE], str(path))
@@ -208,7 +208,7 @@ def _load_onnx(path: Path, runtime: str = "onnxruntime") -> LoadedModel:
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001  an untrusted file: any parse failure means "not ONNX"
-        raise ExportError(f"{path} is not an ONNX file: {_first_line(e)}") from None
+        raise ExportError(f"{path} is not an ONNX file: {first_line(e)}") from None
     if not len(proto.graph.node):
         raise ExportError(f"{path} is not an ONNX model (no graph)")
     text = next((p.value for p in proto.metadata_props if p.key == META_KEY), None)
@@ -245,7 +245,7 @@ def onnx_runtime_module(path: Path) -> OnnxRuntimeModule:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])  # external data too
     except Exception as e:  # noqa: BLE001  ORT refuses graphs it cannot run with its own exception types
-        raise ExportError(f"ONNX Runtime cannot run {path}: {_first_line(e)}") from None
+        raise ExportError(f"ONNX Runtime cannot run {path}: {first_line(e)}") from None
     return OnnxRuntimeModule(session)
 
 
@@ -258,7 +258,7 @@ def openvino_onnx_module(path: Path) -> nn.Module:
     except ExportError:
         raise
     except Exception as e:  # noqa: BLE001  OpenVINO raises its own types for graphs it cannot compile
-        raise ExportError(f"OpenVINO cannot run {path}: {_first_line(e)}") from None
+        raise ExportError(f"OpenVINO cannot run {path}: {first_line(e)}") from None
 
 
 def _image_input_shape(proto: Any, path: Path) -> list[int | str]:
@@ -296,8 +296,3 @@ def _foreign(module: nn.Module, shape: list[int | str], path: Path, runtime: str
         n_classes,
     )
     return LoadedModel(module, pre, [str(i) for i in range(n_classes)], None, runtime, named=False)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__

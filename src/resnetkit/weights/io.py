@@ -13,7 +13,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from resnetkit.errors import WeightsError
+from resnetkit.errors import WeightsError, first_line
 from resnetkit.files import atomic_write
 
 # Checkpoints wrap the state dict under one of these keys (ours and the common training scripts').
@@ -31,7 +31,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             obj: Any = load_file(path, device="cpu")
         except (SafetensorError, OSError, ValueError) as e:
-            raise WeightsError(f"cannot read {path} as safetensors: {_first_line(e)}") from None
+            raise WeightsError(f"cannot read {path} as safetensors: {first_line(e)}") from None
     else:
         obj = _torch_load(path)
     return unwrap_state_dict(obj, source=str(path))
@@ -54,9 +54,9 @@ def _torch_load(path: Path) -> Any:
                 f"refusing to load {path}: it holds pickled Python objects beyond tensors, which could run code "
                 "(only weights_only=True loading is allowed; save model.state_dict() or use .safetensors)"
             ) from None
-        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise WeightsError(f"cannot read {path}: not a PyTorch checkpoint ({first_line(e)})") from None
     except Exception as e:  # noqa: BLE001  any parse failure of an untrusted file means "not a checkpoint"
-        raise WeightsError(f"cannot read {path}: truncated or not a PyTorch checkpoint ({_first_line(e)})") from None
+        raise WeightsError(f"cannot read {path}: truncated or not a PyTorch checkpoint ({first_line(e)})") from None
 
 
 def unwrap_state_dict(obj: Any, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -93,8 +93,3 @@ def save_state_dict(state: Mapping[str, torch.Tensor], path: str | os.PathLike[s
     if path.suffix == ".safetensors":
         return atomic_write(path, lambda tmp: save_file(clean, tmp))
     return atomic_write(path, lambda tmp: torch.save(clean, tmp))
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
