@@ -106,8 +106,9 @@ def test_predict_bench_and_report_run_openvino(irs, exported, tmp_path, capsys) 
 
 
 def test_auto_measures_once_on_this_cpu_and_keeps_the_choice(exported, own_home, monkeypatch) -> None:
-    """`--runtime auto` on an ONNX file times both runtimes once, keeps the winner under this CPU, the thread
-    count, both versions and the file's sha256, and later loads read it without measuring again."""
+    """`--runtime auto` on an ONNX file times both runtimes once, keeps the winner under this CPU (with its int8
+    flags, VNNI and AMX), the thread count, both versions and the file's sha256, and later loads read it without
+    measuring again."""
     from resnetkit.runtime import choice
 
     monkeypatch.delenv("RESNETKIT_RUNTIME", raising=False)
@@ -117,6 +118,8 @@ def test_auto_measures_once_on_this_cpu_and_keeps_the_choice(exported, own_home,
     assert first.runtime == entry["runtime"] in ("onnxruntime", "openvino")
     assert key.endswith(__import__("hashlib").sha256(exported["int8"].read_bytes()).hexdigest())
     assert f"threads {torch.get_num_threads()}" in key and "openvino" in key and "onnxruntime" in key
+    flags = Path("/proc/cpuinfo").read_text().split()
+    assert all(f in key.split(" | ")[0].split() for f in ("avx512_vnni", "amx_int8") if f in flags)  # int8 kernels
     times = {r: (entry[f"{r}_batch1_ms"] * entry[f"{r}_batch{choice.BATCH}_ms"]) for r in ("onnxruntime", "openvino")}
     assert entry["runtime"] == min(times, key=times.__getitem__)  # the lower geometric mean of the two medians
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from resnetkit.engine.device import cpu_signature
 from resnetkit.files import atomic_write, cache_dir
+from resnetkit.hardware import cpu_info
 from resnetkit.weights.download import sha256_file
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,8 @@ CACHE_FILE = "runtime_choice.json"
 SETTINGS_VERSION = 2
 BATCH = 16  # the larger of the two measured batches (evaluation and the service's dynamic batches)
 ROUNDS = 3
+# int8 kernels each runtime has on this CPU (VNNI, AMX): CPUs that share a model name differ in them
+INT8_FLAGS = ("avx512_vnni", "amx_int8")
 
 
 Loader = Callable[[Path], nn.Module]
@@ -68,7 +71,8 @@ def choose_onnx_runtime(path: Path, size: int, loaders: dict[str, Loader]) -> st
 def cache_key(path: Path) -> str:
     versions = " ".join(f"{m} {_version(m)}" for m in ("onnxruntime", "openvino"))
     settings = f"settings {SETTINGS_VERSION} | threads {torch.get_num_threads()}"
-    return f"{cpu_signature()} | {settings} | {versions} | {sha256_file(path)}"
+    int8 = [f for f in INT8_FLAGS if f in cpu_info()[1]]
+    return f"{' '.join([cpu_signature(), *int8])} | {settings} | {versions} | {sha256_file(path)}"
 
 
 def measure(modules: dict[str, nn.Module], size: int) -> dict[str, Any]:
