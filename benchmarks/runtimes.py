@@ -11,9 +11,10 @@ more with a CPU-bound process beside it (servers share machines).
 eval` (the whole CIFAR-10 test set end to end, and top-1 on all 10,000 images, against the standard eager fp32 loop
 in the same call) and `resnetkit bench infer --batch-size 8` (throughput at batch 8 and batch-1 p50/p99, against
 the eager model in the same call), in process, one JSON line each. `--busy` repeats it all with one CPU-bound
-process (a single-thread matrix multiply loop) running beside. The cats-vs-dogs fine-tune's top-1 is on its 1,000
-validation photos (`resnetkit eval --split val`); ResNet-50 (224 px, random weights, int8 calibrated on 512
-cats-vs-dogs photos) is speed only.
+process (a single-thread matrix multiply loop) running beside; `--beside WHAT` measures only that pass, with a
+CPU-bound process of your own (named WHAT in the table, e.g. a one-thread training run) beside instead. The
+cats-vs-dogs fine-tune's top-1 is on its 1,000 validation photos (`resnetkit eval --split val`); ResNet-50 (224 px,
+random weights, int8 calibrated on 512 cats-vs-dogs photos) is speed only.
 """
 
 from __future__ import annotations
@@ -130,8 +131,11 @@ def run(a: argparse.Namespace) -> None:
         export_all(a, m, out)
     if a.export_only:
         return
-    for load in ("quiet", "busy") if a.busy else ("quiet",):
-        busy = subprocess.Popen([sys.executable, "-c", BUSY]) if load == "busy" else None
+    loads = ("busy",) if a.beside else ("quiet", "busy") if a.busy else ("quiet",)
+    if a.beside:
+        print(json.dumps({"beside": a.beside}), flush=True)
+    for load in loads:
+        busy = subprocess.Popen([sys.executable, "-c", BUSY]) if load == "busy" and not a.beside else None
         try:
             for m in chosen:
                 measure(a, m, out, load)
@@ -148,8 +152,8 @@ def cells(path: str) -> tuple[dict, dict]:
         if not line.startswith("{"):
             continue
         r = json.loads(line)
-        if "cpu" in r:
-            cpu = r
+        if "cpu" in r or "beside" in r:
+            cpu.update(r)
             continue
         rows[(r["load"], r["model"])][r["form"]] = r
     return cpu, rows
@@ -162,23 +166,24 @@ def table(a: argparse.Namespace) -> None:
         chosen = {k: v for k, v in rows.items() if k[0] == load}
         if not chosen:
             continue
-        print(f"**{load}**" + (" (one CPU-bound process beside)" if load == "busy" else "") + "\n")
+        beside = cpu.get("beside", "one CPU-bound process: a one-thread matrix multiply loop")
+        print(f"**{load}**" + (f" ({beside} beside; top-1: the quiet table)" if load == "busy" else "") + "\n")
         print("| model | form | size MB | top-1 | eval img/s (x eager) | batch-8 img/s (x eager) "
               "| batch-1 p50 / p99 ms (x eager p50) |\n|---|---|---:|---:|---:|---:|---:|")  # fmt: skip
         for (_, model), forms in chosen.items():
-            for line in model_lines(model, forms):
+            for line in model_lines(model, forms, show_top1=load == "quiet"):
                 print(line)
         print()
 
 
-def model_lines(model: str, forms: dict) -> list[str]:
+def model_lines(model: str, forms: dict, show_top1: bool = True) -> list[str]:
     lines, eager = [], None
     best = max((r["infer"]["images_per_sec"], f) for f, r in forms.items())[1]
     for form, r in forms.items():
         ev, inf = r.get("eval"), r["infer"]
         x = inf["extra"] or {}
         if eager is None:
-            top = f"{100 * ev['extra']['baseline_top1']:.2f}%" if ev else "—"
+            top = f"{100 * ev['extra']['baseline_top1']:.2f}%" if ev and show_top1 else "—"
             e_ips = f"{ev['baseline_images_per_sec']:.0f} (1.00x)" if ev else ""
             p50 = x.get("baseline_p50_ms") or (r.get("infer_b1") or {}).get("baseline_latency_ms")
             p99 = x.get("baseline_p99_ms")
@@ -187,6 +192,7 @@ def model_lines(model: str, forms: dict) -> list[str]:
                          f"{inf['baseline_images_per_sec']:.0f} (1.00x) | {lat} |")  # fmt: skip
             eager = True
         top = f"{100 * ev['extra']['top1']:.2f}%" if ev else f"{100 * r['top1']:.2f}%" if "top1" in r else "—"
+        top = top if show_top1 else "—"
         e_ips = f"{ev['images_per_sec']:.0f} ({ev['ratio']:.2f}x)" if ev else ""
         if "p50_ms" in x:
             lat = f"{x['p50_ms']:.2f} / {x['p99_ms']:.2f} ({x['baseline_p50_ms'] / x['p50_ms']:.2f}x)"
@@ -213,6 +219,12 @@ def main() -> None:
     r.add_argument("--cvd-model", help="a cats-vs-dogs fine-tune (run folder)")
     r.add_argument("--out", default="runs/runtimes")
     r.add_argument("--busy", action="store_true", help="also measure with a CPU-bound process beside")
+    r.add_argument(
+        "--beside",
+        metavar="WHAT",
+        help="measure only the busy pass, with WHAT (a CPU-bound process "
+        "started by you, e.g. a one-thread training run) beside instead of the matrix-multiply loop",
+    )
     r.add_argument("--seconds", type=float, default=2.0, help="bench infer's timing window per side")
     r.add_argument("--models", nargs="*", help="only these (resnet20 resnet56 resnet56-pruned-r8 resnet50 ...)")
     r.add_argument("--forms", nargs="*", help="only these forms")
