@@ -51,7 +51,7 @@ def test_freed_tensor_memory_is_reused_without_page_faults() -> None:
     kept = _probe()
     assert kept["applied"] is True
     assert kept["faults"] < PAGES // 20  # the freed blocks are reused: no fresh pages
-    assert kept["released_mb"] > 100  # the kept 64 MiB blocks go back before workers are forked
+    assert kept["released_mb"] > 48  # the kept 64 MiB block(s) go back before workers are forked
     for env in ({"MALLOC_ARENA_MAX": "2"}, {"RESNETKIT_KEEP_FREED_MEMORY": "0"}):  # the user's choice: left alone
         chosen = _probe(**env)
         assert chosen["applied"] is False and abs(chosen["released_mb"]) < 30
